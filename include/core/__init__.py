@@ -1,0 +1,1 @@
+"""Shared core: configuration, names, storage layout. Imports no phase."""

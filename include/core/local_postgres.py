@@ -1,0 +1,62 @@
+"""Find a PostgreSQL server for local runs and tests, or start an embedded one.
+
+CI and developer machines have a server on 127.0.0.1:5432; a laptop may have none, and
+then `pgserver` (PostgreSQL binaries from PyPI) runs one under `var/pgdata` on a unix socket.
+Never a mock and never SQLite: the dataset SQL is PostgreSQL's.
+"""
+from __future__ import annotations
+
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+from include.core.config import PROJECT_ROOT
+
+
+def _with_db(dsn: str, dbname: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+
+
+def server_answers(dsn: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(_with_db(dsn, "postgres"), connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def embedded_server_dsn() -> str:
+    """Start (or reuse) the embedded server under var/pgdata; returns a DSN for its `postgres` db."""
+    import pgserver
+
+    server = pgserver.get_server(PROJECT_ROOT / "var" / "pgdata", cleanup_mode=None)
+    return server.get_uri()
+
+
+def ensure_database(dsn: str) -> str:
+    """Make sure the server answers and the DSN's database exists; returns a usable DSN.
+
+    If nothing answers at `dsn`, the embedded server is started and the same database name
+    is created there.
+    """
+    import psycopg
+
+    dbname = urlsplit(dsn).path.lstrip("/") or "postgres"
+    if not server_answers(dsn):
+        print(f"no PostgreSQL answers at {dsn}; starting the embedded one", file=sys.stderr)
+        dsn = _with_db(embedded_server_dsn(), dbname)
+    with psycopg.connect(_with_db(dsn, "postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    return dsn
+
+
+def drop_database(dsn: str) -> None:
+    import psycopg
+
+    dbname = urlsplit(dsn).path.lstrip("/")
+    with psycopg.connect(_with_db(dsn, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

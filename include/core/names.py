@@ -1,0 +1,38 @@
+"""One name, one place: every identifier another phase or a user's script relies on."""
+from __future__ import annotations
+
+REGISTERED_MODEL_NAME = "planner_acceptance"
+CHALLENGER_ALIAS = "challenger"
+CHAMPION_ALIAS = "champion"
+
+DATASET_NAME = "planner"
+
+EXPERIMENT_DATASET = "planner_dataset"
+EXPERIMENT_TRAINING = "planner_training"
+EXPERIMENT_OFFLINE_EVAL = "planner_offline_eval"
+
+DAG_DATASET = "planner_dataset"
+DAG_TRAINING = "planner_training"
+DAG_REGISTRATION = "planner_registration"
+DAG_OFFLINE_EVAL = "planner_offline_eval"
+DAG_PROMOTION = "planner_promotion"
+
+EVENTS_CONN_ID = "events_db"
+
+# Asset names are logical (not storage URIs) so that moving the storage root does not
+# change the identity of the asset and break the schedule chain.
+ASSET_DATASET = "planner.dataset"
+ASSET_MODEL_ARTIFACTS = "planner.model_artifacts"
+ASSET_REGISTERED_MODEL = "planner.registered_model"
+ASSET_OFFLINE_EVAL = "planner.offline_eval"
+
+SUCCESS_MARKER = "_SUCCESS"
+
+# Files of a published dataset version (DESIGN §3).
+DATASET_TRAINING_FILE = "training.parquet"
+DATASET_QUARANTINE_FILE = "quarantine.parquet"
+DATASET_RECIPES_FILE = "recipes.parquet"
+DATASET_SCHEMA_FILE = "schema.json"
+DATASET_SUMMARY_FILE = "dataset_summary.md"
+DATASET_VALIDATION_FILE = "validation.json"
+DATASET_COUNTS_FILE = "counts.json"

@@ -1,0 +1,43 @@
+"""MLflow wiring shared by every phase: tracking URI from configuration, experiments whose
+artifacts land under the configured artifact root on the embedded default."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from include.core.config import settings
+
+
+def configure_mlflow() -> str:
+    import mlflow
+
+    uri = settings().mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it on first use (idempotent, safe against a racing creator)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure_mlflow()
+    client = mlflow.MlflowClient()
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        return existing.experiment_id
+    location = None
+    if not settings().mlflow_tracking_uri.startswith(("http://", "https://", "databricks")):
+        root = Path(settings().mlflow_artifact_root)
+        root.mkdir(parents=True, exist_ok=True)
+        location = (root / name).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        again = client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return again.experiment_id

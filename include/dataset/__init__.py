@@ -1,0 +1,1 @@
+"""The dataset phase: window -> extraction (pushed down to PostgreSQL) -> validation -> publish."""

@@ -1,0 +1,220 @@
+"""Build one dataset version into a staging directory: extract, split rows from quarantine,
+write Parquet, count, summarise. Validation and publication are separate steps.
+
+Extraction is one SQL statement per plan_id range (`sql/candidate_rows.sql`), fetched as
+Arrow through ADBC and run concurrently on separate connections; ranges are concatenated in
+order, so the rows come out sorted by plan_id whatever the number of ranges.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+
+from include.core import names
+from include.dataset import schema
+from include.dataset.summary import render_summary
+from include.dataset.window import Window, partition_bounds
+
+USED_EVENT_TYPES = ("plan_generated", "plan_accepted")
+
+
+def sql_text(name: str) -> str:
+    return resources.files("include.dataset").joinpath("sql", name).read_text()
+
+
+def libpq_uri(dsn: str) -> str:
+    """ADBC wants a plain libpq URI (no SQLAlchemy driver suffix such as +psycopg)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        raise ValueError(f"expected a postgresql:// URI, got {dsn!r}")
+    return "postgresql://" + rest if scheme.split("+")[0] in ("postgresql", "postgres") else dsn
+
+
+def arrow_connect(dsn: str):
+    import adbc_driver_postgresql.dbapi as adbc
+
+    conn = adbc.connect(libpq_uri(dsn))
+    with conn.cursor() as cur:
+        cur.execute("SET TIME ZONE 'UTC'")
+    return conn
+
+
+def bind_settings(conn, settings: dict[str, object]) -> None:
+    """Bind values to session settings (`set_config`), read by statements that must stream."""
+    keys = list(settings)
+    calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(keys)))
+    values: list[str] = []
+    for key in keys:
+        value = settings[key]
+        values += [key, value.isoformat() if hasattr(value, "isoformat") else str(value)]
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {calls}", tuple(values))
+        cur.fetchall()
+
+
+def fetch_arrow(dsn: str, sql: str, params: tuple = ()):
+    """Run one statement on its own connection and return the whole result as an Arrow table."""
+    conn = arrow_connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetch_arrow_table()
+    finally:
+        conn.close()
+
+
+def fetch_window_counts(dsn: str, window: Window) -> dict:
+    table = fetch_arrow(dsn, sql_text("window_counts.sql"), (window.start, window.end))
+    per_type = {row["event_type"]: row for row in table.to_pylist()}
+    return {
+        "events_by_type": {t: {"events": r["events"], "deliveries": r["deliveries"]} for t, r in per_type.items()},
+        "duplicate_deliveries": sum(r["deliveries"] - r["events"] for r in per_type.values()),
+        "acceptances_with_plan_id": per_type.get("plan_accepted", {}).get("events_with_plan_id", 0),
+        "generated_never_accepted": next(iter(per_type.values()), {}).get("generated_never_accepted", 0),
+        "unused_event_types": {t: r["events"] for t, r in per_type.items() if t not in USED_EVENT_TYPES},
+    }
+
+
+def _conform(table, fields):
+    """Exactly the contract's columns and types, without driver metadata."""
+    import pyarrow as pa
+
+    target = schema.arrow_schema(fields)
+    columns = [table.column(f.name).cast(f.type) for f in target]
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+def extract_partition(dsn: str, window: Window, low: str, high: str, part_dir: Path) -> dict:
+    """Stream one plan_id range into its own row and quarantine part files (bounded memory).
+
+    Returns the part paths and the recipe ids the range's plans mention.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows_path = part_dir / f"rows-{low or 'start'}.parquet"
+    quarantine_path = part_dir / f"quarantine-{low or 'start'}.parquet"
+    recipe_ids: set[str] = set()
+    conn = arrow_connect(dsn)
+    try:
+        with conn.cursor() as cur, \
+                pq.ParquetWriter(rows_path, schema.arrow_schema(schema.TRAINING_FIELDS)) as rows_out, \
+                pq.ParquetWriter(quarantine_path, schema.arrow_schema(schema.QUARANTINE_FIELDS)) as quarantine_out:
+            bind_settings(conn, {"planner.window_start": window.start, "planner.window_end": window.end,
+                                 "planner.plan_id_from": low, "planner.plan_id_to": high})
+            cur.execute(sql_text("candidate_rows.sql"))
+            for batch in cur.fetch_record_batch():
+                table = pa.Table.from_batches([batch])
+                good = pc.is_null(table["reject_reason"])
+                rows = _conform(table.filter(good), schema.TRAINING_FIELDS)
+                rows_out.write_table(rows)
+                quarantine_out.write_table(_conform(table.filter(pc.invert(good)), schema.QUARANTINE_FIELDS))
+                recipe_ids.update(_mentioned_recipe_ids(rows))
+    finally:
+        conn.close()
+    return {"rows": rows_path, "quarantine": quarantine_path, "recipe_ids": recipe_ids}
+
+
+def _mentioned_recipe_ids(rows) -> set[str]:
+    import msgspec
+
+    found = set()
+    for proposed in rows["proposed_plan"].to_pylist():
+        found.update(m["recipe_id"].lower() for m in msgspec.json.decode(proposed)["meals"])
+    for target in rows["target"].to_pylist():
+        found.update(m["recipe_id"].lower() for m in msgspec.json.decode(target)["accepted_plan"]["meals"])
+    return found
+
+
+def concat_parquet(parts: list[Path], fields, destination: Path) -> None:
+    """Append part files in order, one row group at a time."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(destination, schema.arrow_schema(fields), compression="zstd") as out:
+        for part in parts:
+            source = pq.ParquetFile(part)
+            for index in range(source.num_row_groups):
+                out.write_table(source.read_row_group(index), row_group_size=ROW_GROUP_SIZE)
+
+
+def count_outcomes(n_rows: int, quarantine, window_counts: dict, max_bad_share: float) -> dict:
+    import pyarrow.compute as pc
+
+    by_reason = {reason: 0 for reason in schema.REJECT_REASONS}
+    for item in quarantine.group_by("reject_reason").aggregate([("event_id", "count")]).to_pylist():
+        by_reason[item["reject_reason"]] = item["event_id_count"]
+    first_acceptances = n_rows + int(pc.sum(pc.and_(
+        pc.equal(quarantine["event_type"], "plan_accepted"),
+        pc.not_equal(quarantine["reject_reason"], "invalid_plan_id"))).as_py() or 0)
+    candidates = n_rows + quarantine.num_rows
+    bad_share = quarantine.num_rows / candidates if candidates else 0.0
+    return {
+        **window_counts,
+        "rows": n_rows,
+        "quarantined": quarantine.num_rows,
+        "quarantined_by_reason": by_reason,
+        "duplicate_acceptances": max(0, window_counts["acceptances_with_plan_id"] - first_acceptances),
+        "bad_share": round(bad_share, 6),
+        "max_bad_share": max_bad_share,
+    }
+
+
+ROW_GROUP_SIZE = 50_000
+
+
+def write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_SIZE)
+
+
+def referenced_recipes(dsn: str, recipe_ids: set[str]):
+    """The recipe catalogue restricted to the recipes the version's plans mention."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    recipes = _conform(fetch_arrow(dsn, sql_text("recipes.sql")), schema.RECIPE_FIELDS)
+    return recipes.filter(pc.is_in(recipes["recipe_id"], value_set=pa.array(sorted(recipe_ids), type=pa.string())))
+
+
+SUMMARY_COLUMNS = ["household_id", "accepted_at", "workflow_type", "mode", "policy_version_id",
+                   "has_previous_plan", "n_user_edits", "n_proposed_meals", "n_accepted_meals"]
+
+
+def build_dataset(dsn: str, window: Window, staging: Path, max_bad_share: float, parts: int = 2) -> dict:
+    """Write every data file of the version into `staging`; returns the counts.
+
+    plan_id ranges run concurrently, each on its own connection, streaming into part files
+    that are then concatenated in range order (= plan_id order). Validation decides
+    afterwards whether the version may be published.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part_dir = staging / "_parts"
+    part_dir.mkdir()
+    with ThreadPoolExecutor(max_workers=parts + 1) as pool:
+        counts_future = pool.submit(fetch_window_counts, dsn, window)
+        futures = [pool.submit(extract_partition, dsn, window, low, high, part_dir)
+                   for low, high in partition_bounds(parts)]
+        extracted = [future.result() for future in futures]
+        window_counts = counts_future.result()
+
+    concat_parquet([e["rows"] for e in extracted], schema.TRAINING_FIELDS, staging / names.DATASET_TRAINING_FILE)
+    quarantine = pa.concat_tables([pq.read_table(e["quarantine"]) for e in extracted])
+    quarantine = quarantine.sort_by([("reject_reason", "ascending"), ("event_id", "ascending")])
+    write_parquet(quarantine, staging / names.DATASET_QUARANTINE_FILE)
+    recipe_ids = set().union(*(e["recipe_ids"] for e in extracted))
+    write_parquet(referenced_recipes(dsn, recipe_ids), staging / names.DATASET_RECIPES_FILE)
+    shutil.rmtree(part_dir)
+
+    rows = pq.read_table(staging / names.DATASET_TRAINING_FILE, columns=SUMMARY_COLUMNS)
+    counts = {"window": window.as_dict(), **count_outcomes(rows.num_rows, quarantine, window_counts, max_bad_share)}
+    (staging / names.DATASET_COUNTS_FILE).write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
+    (staging / names.DATASET_SCHEMA_FILE).write_text(schema.schema_document(window.version, window.as_dict()))
+    (staging / names.DATASET_SUMMARY_FILE).write_text(render_summary(window, counts, rows))
+    return counts

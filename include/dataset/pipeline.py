@@ -1,0 +1,66 @@
+"""What the `planner_dataset` tasks do, as plain functions (no Airflow import).
+
+`build_validate_publish` is one unit on purpose: the staging directory never leaves the
+worker that wrote it, and whatever fails before the publish leaves the published versions
+as they were.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from datetime import datetime
+
+from include.core import names, storage
+from include.dataset.build import build_dataset
+from include.dataset.validate import DatasetValidationError, validate_version
+from include.dataset.window import Window, resolve_window
+
+log = logging.getLogger(__name__)
+
+STAGING_MAX_AGE_S = 2 * 86400
+
+
+def window_from_params(end_date: str | None, lookback_days: int, run_end: datetime | None) -> Window:
+    return resolve_window(end_date or None, int(lookback_days), run_end)
+
+
+def prune_staging(final_uri: str, max_age_s: float = STAGING_MAX_AGE_S) -> None:
+    """Drop staging directories left by failed builds once they are old enough to be uninteresting."""
+    if not storage.is_local(final_uri):
+        return
+    staging_root = storage.local_path(final_uri).parent / storage.STAGING_DIR
+    if not staging_root.is_dir():
+        return
+    cutoff = time.time() - max_age_s
+    for entry in staging_root.iterdir():
+        if entry.is_dir() and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def build_validate_publish(dsn: str, window: Window, max_bad_share: float, parts: int = 2) -> dict:
+    """Build the version into staging, validate it, publish it atomically.
+
+    Raises DatasetValidationError (nothing published, staging kept for inspection) when a
+    check fails. Returns what the next task and the Asset event need.
+    """
+    final_uri = storage.dataset_uri(window.version)
+    prune_staging(final_uri)
+    staging = storage.new_staging_dir(final_uri)
+    try:
+        counts = build_dataset(dsn, window, staging, max_bad_share=max_bad_share, parts=parts)
+    except BaseException:
+        storage.discard_staging(staging)
+        raise
+    log.info("built %s: %s rows, %s quarantined, bad share %.2f%%", window.version, counts["rows"],
+             counts["quarantined"], 100 * counts["bad_share"])
+    validation = validate_version(staging, window, counts)
+    (staging / names.DATASET_VALIDATION_FILE).write_text(json.dumps(validation.document, indent=2, default=str) + "\n")
+    if not validation.success:
+        raise DatasetValidationError(
+            f"dataset {window.version} failed validation; nothing was published (staging kept at {staging}):\n  - "
+            + "\n  - ".join(validation.failures))
+    uri = storage.publish_dir(staging, final_uri)
+    log.info("published %s", uri)
+    return {"version": window.version, "uri": uri, "rows": counts["rows"], "counts": counts}

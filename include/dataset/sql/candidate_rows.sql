@@ -1,0 +1,232 @@
+-- Candidates of the window [start, end): one record per first acceptance of a plan and one per
+-- malformed plan event. `reject_reason` is NULL for a training row, else why it goes to
+-- quarantine (the first failing rule wins). The rules of DESIGN §4:
+--   * events collapse by event_id (a stream may deliver one twice);
+--   * a row needs the plan's FIRST acceptance in the window: an earlier acceptance, inside
+--     or before the window, makes this one a duplicate (no row, counted by the caller);
+--   * plan time = the latest plan_generated of the plan_id at or before the acceptance;
+--   * household, pantry, constraints = the version with the greatest valid_from <= plan time;
+--   * previous_plan = the household's latest first-acceptance strictly before the plan time;
+--   * user_edits = the plan's edits with timestamp <= acceptance, in time order.
+-- Per-plan lookups are index probes (LIMIT 1 on an index whose order matches the ORDER BY);
+-- per-meal checks are set-based (one explode, one hash join), never a query per event.
+-- Parameters are session settings the caller binds first (build.bind_settings), so this
+-- statement has no bind parameters and the driver can stream it with COPY instead of
+-- buffering the whole result: planner.window_start / planner.window_end (timestamptz),
+-- planner.plan_id_from / planner.plan_id_to (plan_id text range in C collation, '' =
+-- unbounded; callers run ranges concurrently and concatenate them in plan_id order; events
+-- without a plan_id belong to the first range). The session time zone must be UTC:
+-- timestamps inside JSON render in it.
+WITH params AS MATERIALIZED (
+    SELECT current_setting('planner.window_start')::timestamptz AS window_start,
+           current_setting('planner.window_end')::timestamptz AS window_end,
+           current_setting('planner.plan_id_from') AS plan_id_from,
+           current_setting('planner.plan_id_to') AS plan_id_to
+),
+window_events AS (
+    SELECT DISTINCT ON (e.event_id)
+           e.event_id, e.event_type, e.unit_id, e."timestamp", e.context, e.payload,
+           e.payload ->> 'plan_id' AS plan_id
+    FROM exp.events e CROSS JOIN params
+    WHERE e.event_type IN ('plan_generated', 'plan_accepted')
+      AND e."timestamp" >= params.window_start AND e."timestamp" < params.window_end
+      AND CASE WHEN e.payload ->> 'plan_id' IS NULL THEN params.plan_id_from = ''
+               ELSE (e.payload ->> 'plan_id') COLLATE "C" >= params.plan_id_from
+                    AND (params.plan_id_to = '' OR (e.payload ->> 'plan_id') COLLATE "C" < params.plan_id_to) END
+    ORDER BY e.event_id, e."timestamp", e.event_type, e.payload::text
+),
+checked AS (
+    SELECT w.*,
+           coalesce(w.plan_id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false) AS has_plan_id,
+           -- a non-empty list; its elements are checked once, set-based, in `meals`
+           coalesce(jsonb_typeof(w.payload -> 'plan' -> 'meals') = 'array'
+                    AND jsonb_array_length(w.payload -> 'plan' -> 'meals') > 0, false) AS has_meals
+    FROM window_events w
+),
+accepted AS (
+    SELECT DISTINCT ON (c.plan_id) c.*
+    FROM checked c CROSS JOIN params
+    WHERE c.event_type = 'plan_accepted' AND c.has_plan_id
+      AND NOT EXISTS (
+          SELECT 1 FROM exp.events p
+          WHERE (p.payload ->> 'plan_id') = c.plan_id AND p.event_type = 'plan_accepted'
+            AND p."timestamp" < params.window_start)
+    ORDER BY c.plan_id, c."timestamp", c.event_id
+),
+joined AS (
+    SELECT
+        a.event_id, a.event_type, a.plan_id, a.unit_id, a."timestamp" AS accepted_at, a.payload, a.has_meals,
+        gen.generated_at, gen.has_meals AS generated_has_meals,
+        coalesce(gen.context, a.context) AS context,
+        gen.payload -> 'plan' AS proposed_plan,
+        a.payload -> 'plan' AS accepted_plan,
+        hh.size, hh.preferences, hh.restrictions, hh.valid_from AS household_valid_from,
+        pan.items, pan.valid_from AS pantry_valid_from,
+        con.budget, con.max_prep_time, con.excluded_ingredients, con.valid_from AS constraints_valid_from,
+        prev.previous_plan
+    FROM accepted a
+    LEFT JOIN LATERAL (
+        SELECT g."timestamp" AS generated_at, g.context, g.payload,
+               coalesce(jsonb_typeof(g.payload -> 'plan' -> 'meals') = 'array'
+                        AND jsonb_array_length(g.payload -> 'plan' -> 'meals') > 0, false) AS has_meals
+        FROM exp.events g
+        WHERE (g.payload ->> 'plan_id') = a.plan_id AND g.event_type = 'plan_generated'
+          AND g."timestamp" <= a."timestamp"
+        ORDER BY g."timestamp" DESC, g.event_id DESC
+        LIMIT 1
+    ) gen ON true
+    LEFT JOIN LATERAL (
+        SELECT h.size, h.preferences, h.restrictions, h.valid_from
+        FROM app.households h
+        WHERE h.household_id = a.unit_id AND h.valid_from <= gen.generated_at
+        ORDER BY h.valid_from DESC LIMIT 1
+    ) hh ON true
+    LEFT JOIN LATERAL (
+        SELECT p.items, p.valid_from
+        FROM app.pantry_snapshots p
+        WHERE p.household_id = a.unit_id AND p.valid_from <= gen.generated_at
+        ORDER BY p.valid_from DESC LIMIT 1
+    ) pan ON true
+    LEFT JOIN LATERAL (
+        SELECT c.budget, c.max_prep_time, c.excluded_ingredients, c.valid_from
+        FROM app.constraints c
+        WHERE c.household_id = a.unit_id AND c.valid_from <= gen.generated_at
+        ORDER BY c.valid_from DESC LIMIT 1
+    ) con ON true
+    LEFT JOIN LATERAL (
+        SELECT jsonb_build_object('plan_id', p.payload ->> 'plan_id', 'accepted_at', p."timestamp",
+                                  'meals', p.payload -> 'plan' -> 'meals') AS previous_plan
+        FROM exp.events p
+        WHERE p.unit_id = a.unit_id AND p.event_type = 'plan_accepted' AND p."timestamp" < gen.generated_at
+          AND (p.payload ->> 'plan_id') <> a.plan_id
+          AND jsonb_typeof(p.payload -> 'plan' -> 'meals') = 'array'
+          AND NOT EXISTS (  -- only a plan's first acceptance accepts it
+              SELECT 1 FROM exp.events q
+              WHERE (q.payload ->> 'plan_id') = (p.payload ->> 'plan_id') AND q.event_type = 'plan_accepted'
+                AND q."timestamp" < p."timestamp")
+        ORDER BY p."timestamp" DESC, p.event_id DESC
+        LIMIT 1
+    ) prev ON true
+),
+-- Every meal of both plans, exploded once: a meal that is not an object with a string
+-- recipe_id makes its plan invalid; a recipe_id not in app.recipes makes it unknown.
+meals AS (
+    SELECT j.plan_id, 'proposed' AS side,
+           CASE WHEN jsonb_typeof(m -> 'recipe_id') = 'string' THEN lower(m ->> 'recipe_id') END AS recipe_id
+    FROM joined j CROSS JOIN LATERAL jsonb_array_elements(j.proposed_plan -> 'meals') m
+    WHERE j.generated_has_meals
+    UNION ALL
+    SELECT j.plan_id, 'accepted',
+           CASE WHEN jsonb_typeof(m -> 'recipe_id') = 'string' THEN lower(m ->> 'recipe_id') END
+    FROM joined j CROSS JOIN LATERAL jsonb_array_elements(j.accepted_plan -> 'meals') m
+    WHERE j.has_meals
+),
+meal_problems AS (
+    SELECT m.plan_id,
+           bool_or(m.side = 'accepted' AND m.recipe_id IS NULL) AS accepted_malformed,
+           bool_or(m.side = 'proposed' AND m.recipe_id IS NULL) AS proposed_malformed,
+           string_agg(DISTINCT m.recipe_id, ',' ORDER BY m.recipe_id) FILTER (WHERE m.recipe_id IS NOT NULL)
+               AS unknown_recipe_ids
+    FROM meals m LEFT JOIN app.recipes r ON r.recipe_id::text = m.recipe_id
+    WHERE r.recipe_id IS NULL
+    GROUP BY m.plan_id
+),
+edits AS (
+    SELECT j.plan_id,
+           jsonb_agg(coalesce(ed.details, '{}'::jsonb)
+                     || jsonb_build_object('type', ed.edit_type, 'timestamp', ed."timestamp")
+                     ORDER BY ed."timestamp", ed.edit_id) AS user_edits,
+           count(*) AS n_user_edits
+    FROM joined j JOIN app.plan_edits ed ON ed.plan_id = j.plan_id::uuid AND ed."timestamp" <= j.accepted_at
+    GROUP BY j.plan_id
+),
+judged AS (
+    SELECT j.*,
+           coalesce(ed.user_edits, '[]'::jsonb) AS user_edits,
+           coalesce(ed.n_user_edits, 0) AS n_user_edits,
+           CASE
+               WHEN NOT j.has_meals OR u.accepted_malformed THEN 'invalid_meals'
+               WHEN j.generated_at IS NULL THEN 'no_generation_before_acceptance'
+               WHEN NOT j.generated_has_meals OR u.proposed_malformed THEN 'invalid_generated_plan'
+               WHEN u.unknown_recipe_ids IS NOT NULL THEN 'unknown_recipe_id'
+               WHEN j.household_valid_from IS NULL OR j.pantry_valid_from IS NULL OR j.constraints_valid_from IS NULL
+               THEN 'no_household_state'
+           END AS reject_reason,
+           CASE
+               WHEN u.accepted_malformed OR u.proposed_malformed
+               THEN 'a meal is not an object with a string recipe_id'
+               WHEN u.unknown_recipe_ids IS NOT NULL THEN 'not in app.recipes: ' || u.unknown_recipe_ids
+               WHEN j.generated_at IS NOT NULL
+                    AND (j.household_valid_from IS NULL OR j.pantry_valid_from IS NULL OR j.constraints_valid_from IS NULL)
+               THEN 'no state as of plan time for: ' || concat_ws(',',
+                   CASE WHEN j.household_valid_from IS NULL THEN 'household' END,
+                   CASE WHEN j.pantry_valid_from IS NULL THEN 'pantry' END,
+                   CASE WHEN j.constraints_valid_from IS NULL THEN 'constraints' END)
+           END AS reject_detail
+    FROM joined j
+    LEFT JOIN meal_problems u ON u.plan_id = j.plan_id
+    LEFT JOIN edits ed ON ed.plan_id = j.plan_id
+)
+SELECT * FROM (
+    SELECT
+        s.plan_id,
+        s.unit_id::text AS household_id,
+        s.generated_at,
+        s.accepted_at,
+        json_build_object(
+            'household', json_build_object('id', s.unit_id, 'size', s.size,
+                                            'preferences', coalesce(s.preferences, '[]'::jsonb),
+                                            'restrictions', coalesce(s.restrictions, '[]'::jsonb)),
+            'pantry', json_build_object('items', coalesce(s.items, '[]'::jsonb)),
+            'constraints', json_build_object('budget', s.budget, 'max_prep_time', s.max_prep_time,
+                                              'excluded_ingredients', coalesce(s.excluded_ingredients, '[]'::jsonb)),
+            'workflow_type', s.context ->> 'workflow_type',
+            'mode', s.context ->> 'mode',
+            'previous_plan', s.previous_plan,
+            'proposed_plan', s.proposed_plan
+        ) ::text AS input,
+        json_build_object('accepted_plan', s.accepted_plan, 'user_edits', s.user_edits)::text AS target,
+        json_build_object('timestamp', s.generated_at, 'accepted_at', s.accepted_at,
+                           'policy_version_id', s.context ->> 'policy_version_id')::text AS metadata,
+        s.proposed_plan::text AS proposed_plan,
+        s.context ->> 'workflow_type' AS workflow_type,
+        s.context ->> 'mode' AS mode,
+        s.context ->> 'policy_version_id' AS policy_version_id,
+        s.size AS household_size,
+        jsonb_array_length(coalesce(s.preferences, '[]'::jsonb)) AS n_preferences,
+        jsonb_array_length(coalesce(s.restrictions, '[]'::jsonb)) AS n_restrictions,
+        jsonb_array_length(coalesce(s.items, '[]'::jsonb)) AS n_pantry_items,
+        s.budget::float8 AS budget,
+        s.max_prep_time,
+        jsonb_array_length(coalesce(s.excluded_ingredients, '[]'::jsonb)) AS n_excluded_ingredients,
+        CASE WHEN s.generated_has_meals THEN jsonb_array_length(s.proposed_plan -> 'meals') END AS n_proposed_meals,
+        CASE WHEN s.has_meals THEN jsonb_array_length(s.accepted_plan -> 'meals') END AS n_accepted_meals,
+        s.n_user_edits,
+        s.previous_plan IS NOT NULL AS has_previous_plan,
+        s.household_valid_from,
+        s.pantry_valid_from,
+        s.constraints_valid_from,
+        s.event_id::text AS event_id,
+        s.event_type,
+        s.accepted_at AS event_time,
+        s.reject_reason,
+        s.reject_detail,
+        CASE WHEN s.reject_reason IS NOT NULL THEN s.payload::text END AS payload
+    FROM judged s
+
+    UNION ALL
+
+    -- Malformed plan events of the window: no usable plan_id, or a generated plan without meals.
+    SELECT
+        c.plan_id, c.unit_id::text,
+        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,  -- the 23 row columns
+        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+        c.event_id::text, c.event_type, c."timestamp",
+        CASE WHEN NOT c.has_plan_id THEN 'invalid_plan_id' ELSE 'invalid_meals' END,
+        CASE WHEN NOT c.has_plan_id THEN 'payload.plan_id missing or not a UUID'
+             ELSE 'payload.plan.meals is not a non-empty list' END,
+        c.payload::text
+    FROM checked c
+    WHERE NOT c.has_plan_id OR (c.event_type = 'plan_generated' AND NOT c.has_meals)
+) candidates
+ORDER BY plan_id COLLATE "C", event_id COLLATE "C"

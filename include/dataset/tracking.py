@@ -1,0 +1,63 @@
+"""The dataset version in MLflow: one active run per version (experiment `planner_dataset`)."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+from include.core import names
+from include.core.tracking import ensure_experiment
+
+TRACKED_FILES = [names.DATASET_SCHEMA_FILE, names.DATASET_SUMMARY_FILE, names.DATASET_VALIDATION_FILE,
+                 names.DATASET_COUNTS_FILE]
+METRICS = ["rows", "quarantined", "duplicate_deliveries", "duplicate_acceptances", "generated_never_accepted",
+           "bad_share"]
+INPUT_COLUMNS = ["plan_id", "household_id", "accepted_at", "workflow_type", "mode", "policy_version_id",
+                 "household_size", "budget", "max_prep_time", "n_proposed_meals", "n_accepted_meals", "n_user_edits"]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_dataset_version(version_dir: Path, uri: str, counts: dict) -> str:
+    """Log (or find) the MLflow run of a published version; returns its run id.
+
+    Rebuilding a version with the same content reuses its run; different content replaces it
+    (the older run is deleted, recoverable in MLflow), so each version has exactly one run.
+    """
+    import mlflow
+    import pandas as pd
+
+    window = counts["window"]
+    version = window["version"]
+    digest = file_sha256(version_dir / names.DATASET_TRAINING_FILE)
+    experiment_id = ensure_experiment(names.EXPERIMENT_DATASET)
+    client = mlflow.MlflowClient()
+    previous = client.search_runs([experiment_id], filter_string=f"tags.dataset_version = '{version}'")
+    for run in previous:
+        if run.data.tags.get("dataset_digest") == digest:
+            return run.info.run_id
+    for run in previous:
+        client.delete_run(run.info.run_id)
+
+    frame = pd.read_parquet(version_dir / names.DATASET_TRAINING_FILE, columns=INPUT_COLUMNS)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"dataset-{version}") as run:
+        mlflow.set_tags({"dataset_version": version, "dataset_uri": uri, "dataset_digest": digest})
+        mlflow.log_params({"end_date": version, "window_start": window["start"], "window_end": window["end"],
+                           "lookback_days": window["lookback_days"], "max_bad_share": counts["max_bad_share"]})
+        mlflow.log_metrics({name: float(counts[name]) for name in METRICS})
+        mlflow.log_metrics({f"quarantined_{reason}": float(n) for reason, n in counts["quarantined_by_reason"].items()})
+        for name in TRACKED_FILES:
+            if (version_dir / name).exists():
+                mlflow.log_artifact(str(version_dir / name))
+        source = Path(uri).resolve().as_uri() if "://" not in uri else uri
+        with warnings.catch_warnings():  # MLflow's hint about integer columns: ours have no missing values
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=f"{names.DATASET_NAME}/{version}")
+        mlflow.log_input(dataset, context="training")
+        return run.info.run_id
