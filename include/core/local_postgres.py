@@ -35,6 +35,15 @@ def embedded_server_dsn() -> str:
     return server.get_uri()
 
 
+def stop_embedded() -> None:
+    """Stop the embedded server if this project started one (`make clean`)."""
+    pgdata = PROJECT_ROOT / "var" / "pgdata"
+    if pgdata.exists():
+        import pgserver
+
+        pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+
+
 def ensure_database(dsn: str) -> str:
     """Make sure the server answers and the DSN's database exists; returns a usable DSN.
 
@@ -60,3 +69,22 @@ def drop_database(dsn: str) -> None:
     dbname = urlsplit(dsn).path.lstrip("/")
     with psycopg.connect(_with_db(dsn, "postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def airflow_connection_json(dsn: str) -> str:
+    """An `AIRFLOW_CONN_...` value for a libpq URI, including unix-socket ones (`?host=/dir`)."""
+    import json
+    from urllib.parse import parse_qs, unquote
+
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    host = query.pop("host", [parts.hostname or "127.0.0.1"])[0]
+    conn = {"conn_type": "postgres", "host": host, "login": unquote(parts.username or "postgres"),
+            "schema": parts.path.lstrip("/") or "postgres"}
+    if parts.password:
+        conn["password"] = unquote(parts.password)
+    if parts.port:
+        conn["port"] = parts.port
+    if query:
+        conn["extra"] = {k: v[0] for k, v in query.items()}
+    return json.dumps(conn)

@@ -1,0 +1,46 @@
+# The README's commands. Each does its own set-up: a fresh clone needs nothing but python3.11.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PYTHONPATH := $(CURDIR)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: lifecycle test bench venv lock clean
+
+lifecycle: $(STAMP)  ## generate data, run the lifecycle DAGs on the embedded default, print the outcome
+	$(PY) -m scripts.lifecycle
+
+test: $(STAMP)  ## the whole test suite (real PostgreSQL, MLflow and Airflow runs)
+	$(PY) -m pytest
+
+bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same run)
+	$(PY) -m bench.dataset_build
+
+venv: $(STAMP)
+
+# torch first: the pinned CPU build lies on this machine's disk; otherwise pip would fetch a CUDA build.
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+lock: $(STAMP)  ## re-resolve requirements.in into the full pinned requirements.txt
+	$(PY) -m pip install --quiet -r requirements.in
+	{ echo "# Full pinned lock of requirements.in (regenerate with: make lock). Python 3.11."; \
+	  echo "# Install torch==2.13.0 first (the CPU build), then this file: see Makefile."; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.txt
+
+clean:  ## remove local state (data, MLflow, Airflow home, embedded PostgreSQL); keeps .venv
+	-$(PY) -c "from include.core.local_postgres import stop_embedded; stop_embedded()" 2>/dev/null
+	rm -rf var test-artifacts

@@ -1,0 +1,1 @@
+"""Developer entry points behind the Makefile (not part of the DAG package)."""

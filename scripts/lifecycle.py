@@ -1,0 +1,86 @@
+"""`make lifecycle`: the model lifecycle on the embedded default (no Docker, no cluster).
+
+Today it covers the dataset phase: find PostgreSQL (or start the embedded one), generate
+weeks of product events, run `planner_dataset` as a real Airflow DAG run, and show where the
+version was published and its summary. Safe to re-run: the data is regenerated from its
+seed and the version is rewritten identically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from include.core import names, storage
+from include.core.config import PROJECT_ROOT, settings
+from include.core.local_postgres import ensure_database
+from include.events import generate
+from scripts.airflow_env import airflow_env
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def _step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def _run_logged(cmd: list[str], env: dict, log_path: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT).returncode
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make lifecycle", description=__doc__.split("\n")[0])
+    parser.add_argument("--households", type=int, default=2000)
+    parser.add_argument("--weeks", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    logs = PROJECT_ROOT / "var" / "logs"
+
+    _step("PostgreSQL")
+    dsn = ensure_database(settings().events_dsn)
+    print(f"    events database: {dsn}")
+
+    end = generate.last_monday()
+    _step(f"generating {args.weeks} weeks of events for {args.households:,} households (seed {args.seed}, "
+          f"ending {end.date()})")
+    counts = generate.generate_and_load(dsn, args.households, args.weeks, args.seed, end, dirty_share=0.02, reset=True)
+    print(f"    {counts['exp.events']:,} events loaded")
+
+    env = airflow_env(dsn)
+    _step("Airflow metadata database (airflow db migrate)")
+    if _run_logged([AIRFLOW, "db", "migrate"], env, logs / "airflow-db-migrate.log"):
+        print(_tail(logs / "airflow-db-migrate.log"), file=sys.stderr)
+        return 1
+
+    version = end.date().isoformat()
+    _step(f"running DAG {names.DAG_DATASET} for version {version} (airflow dags test)")
+    log_path = logs / f"{names.DAG_DATASET}.log"
+    conf = json.dumps({"end_date": version})
+    if _run_logged([AIRFLOW, "dags", "test", names.DAG_DATASET, "-c", conf], env, log_path):
+        print(f"\nFAILED: DAG {names.DAG_DATASET}; last lines of {log_path}:\n{_tail(log_path)}", file=sys.stderr)
+        return 1
+    uri = storage.dataset_uri(version)
+    if not storage.is_complete(uri):
+        print(f"\nFAILED: {uri} has no {names.SUCCESS_MARKER}; see {log_path}", file=sys.stderr)
+        return 1
+
+    _step(f"dataset published at {uri}")
+    print((storage.local_path(uri) / names.DATASET_SUMMARY_FILE).read_text())
+    print(f"MLflow: {settings().mlflow_tracking_uri} (experiment {names.EXPERIMENT_DATASET}); "
+          f"UI: .venv/bin/mlflow ui --backend-store-uri {settings().mlflow_tracking_uri}")
+    print(f"done in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real PostgreSQL database per test session, a temporary MLflow backend
+store, a temporary storage root and a migrated Airflow home. Nothing is mocked.
+
+The environment is set here, before anything imports Airflow or MLflow.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="planner-tests-"))
+
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "AIRFLOW_HOME": str(SESSION_DIR / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "PLANNER_STORAGE_ROOT": str(SESSION_DIR / "storage"),
+    "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow' / 'mlflow.db'}",
+    "PLANNER_MLFLOW_ARTIFACT_ROOT": str(SESSION_DIR / "mlflow" / "artifacts"),
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+})
+sys.path.insert(0, str(PROJECT_ROOT))
+
+# CI and developer machines run PostgreSQL here; elsewhere the embedded server starts.
+TEST_SERVER_DSN = os.environ.get("PLANNER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def events_dsn() -> str:
+    """A fresh database for this test session, with the source schema; dropped afterwards."""
+    from include.core.local_postgres import drop_database, ensure_database
+    from include.events.db import apply_schema
+
+    base = TEST_SERVER_DSN.rsplit("/", 1)[0]
+    dsn = ensure_database(f"{base}/planner_test_{os.getpid()}_{uuid.uuid4().hex[:6]}")
+    apply_schema(dsn)
+    os.environ["AIRFLOW_CONN_EVENTS_DB"] = _airflow_conn(dsn)
+    yield dsn
+    drop_database(dsn)
+
+
+def _airflow_conn(dsn: str) -> str:
+    from include.core.local_postgres import airflow_connection_json
+
+    return airflow_connection_json(dsn)
+
+
+@pytest.fixture()
+def clean_source(events_dsn):
+    """Empty source tables for a test that writes its own events."""
+    from include.events.db import connect
+    from include.events.generate import SOURCE_TABLES
+
+    with connect(events_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(SOURCE_TABLES))
+    return events_dsn
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Airflow's metadata database (SQLite) in the session's AIRFLOW_HOME, migrated once."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    result = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return home
