@@ -83,3 +83,11 @@ def airflow_db() -> Path:
     result = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True, env=os.environ)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return home
+
+
+@pytest.fixture()
+def storage_root(tmp_path, monkeypatch) -> Path:
+    """A storage root of this test's own (settings are read from the environment per call)."""
+    root = tmp_path / "storage"
+    monkeypatch.setenv("PLANNER_STORAGE_ROOT", str(root))
+    return root
