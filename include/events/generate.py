@@ -364,9 +364,17 @@ TABLE_COLUMNS = {
     "exp.events": 'event_id, event_type, unit_id, "timestamp", context, payload',
 }
 SOURCE_TABLES = ["app.recipes", *TABLE_COLUMNS]
-# Built after a bulk load (sorting once beats maintaining them row by row); schema.sql recreates them.
+# Built once after a bulk load (sorting once beats inserting random UUIDs into B-trees row by
+# row); schema.sql recreates the indexes, PRIMARY_KEYS the keys (as schema.sql declares them).
 SECONDARY_INDEXES = ["exp.events_type_time_idx", "exp.events_plan_idx", "exp.events_unit_type_time_idx",
                      "exp.events_time_idx", "app.plan_edits_plan_time_idx"]
+PRIMARY_KEYS = {
+    "app.households": ("households_pkey", "household_id, valid_from"),
+    "app.pantry_snapshots": ("pantry_snapshots_pkey", "household_id, valid_from"),
+    "app.constraints": ("constraints_pkey", "household_id, valid_from"),
+    "app.plan_edits": ("plan_edits_pkey", "edit_id"),
+    "sim.keep_truth": ("keep_truth_pkey", "plan_id, recipe_id"),
+}
 CHUNK_HOUSEHOLDS = 2500
 
 
@@ -424,6 +432,8 @@ def generate_and_load(dsn: str, households: int, weeks: int, seed: int, end: dat
         cur.execute("TRUNCATE " + ", ".join(SOURCE_TABLES))
         for index in SECONDARY_INDEXES:
             cur.execute(f"DROP INDEX IF EXISTS {index}")
+        for table, (constraint, _) in PRIMARY_KEYS.items():
+            cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
         recipes = make_recipes(seed)
         _copy_text(cur, "app.recipes", "recipe_id, name, cuisine, prep_time, cost, ingredients, tags", _csv(
             [(r.recipe_id, r.name, r.cuisine, r.prep_time, f"{r.cost:.2f}", _dumps(sorted(r.ingredients)),
@@ -434,6 +444,8 @@ def generate_and_load(dsn: str, households: int, weeks: int, seed: int, end: dat
                 for table, text in chunk.items():
                     _copy_text(cur, table, TABLE_COLUMNS[table], text)
                     counts[table] += text.count("\n")
+        for table, (constraint, columns) in PRIMARY_KEYS.items():
+            cur.execute(f"ALTER TABLE {table} ADD CONSTRAINT {constraint} PRIMARY KEY ({columns})")
         cur.execute(schema_sql())  # recreates the secondary indexes
         conn.commit()
     with connect(dsn, autocommit=True) as conn:

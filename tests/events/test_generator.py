@@ -74,3 +74,17 @@ def test_cli_rejects_nonsense_arguments():
         generate.main(["--households", "0"])
     with pytest.raises(SystemExit):
         generate.main(["--dirty-share", "1.5"])
+
+
+def test_a_bulk_load_leaves_every_key_and_index_of_the_schema_in_place(clean_source):
+    """The loader drops keys and indexes for speed and must put every one of them back."""
+    def catalog():
+        with connect(clean_source) as conn:
+            return conn.execute(
+                "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
+                "WHERE schemaname IN ('exp', 'app', 'sim') ORDER BY 1, 2, 3").fetchall()
+
+    expected = catalog()  # as schema.sql created them
+    assert any(name == "keep_truth_pkey" for _, _, name, _ in expected)
+    generate.generate_and_load(clean_source, 20, 2, seed=3, end=END, dirty_share=0.0, reset=True)
+    assert catalog() == expected
