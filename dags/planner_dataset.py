@@ -71,10 +71,12 @@ def planner_dataset():
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.core.config import settings
+        from include.core.connections import libpq_uri_for_connection
         from include.dataset.pipeline import DatasetValidationError, build_validate_publish, window_from_params
 
         params = get_current_context()["params"]
-        dsn = PostgresHook(postgres_conn_id=names.EVENTS_CONN_ID).get_uri()
+        hook = PostgresHook(postgres_conn_id=names.EVENTS_CONN_ID)
+        dsn = libpq_uri_for_connection(hook.get_connection(names.EVENTS_CONN_ID))
         try:
             published = build_validate_publish(
                 dsn, window_from_params(window["version"], window["lookback_days"], None),

@@ -6,7 +6,9 @@ Never a mock and never SQLite: the dataset SQL is PostgreSQL's.
 """
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from include.core.config import PROJECT_ROOT
@@ -27,17 +29,21 @@ def server_answers(dsn: str) -> bool:
         return False
 
 
+def embedded_pgdata() -> Path:
+    return Path(os.environ.get("PLANNER_EMBEDDED_PGDATA") or PROJECT_ROOT / "var" / "pgdata")
+
+
 def embedded_server_dsn() -> str:
-    """Start (or reuse) the embedded server under var/pgdata; returns a DSN for its `postgres` db."""
+    """Start (or reuse) the embedded server (default var/pgdata); a DSN for its `postgres` db."""
     import pgserver
 
-    server = pgserver.get_server(PROJECT_ROOT / "var" / "pgdata", cleanup_mode=None)
+    server = pgserver.get_server(embedded_pgdata(), cleanup_mode=None)
     return server.get_uri()
 
 
 def stop_embedded() -> None:
     """Stop the embedded server if this project started one (`make clean`)."""
-    pgdata = PROJECT_ROOT / "var" / "pgdata"
+    pgdata = embedded_pgdata()
     if pgdata.exists():
         import pgserver
 
