@@ -35,8 +35,12 @@ def embedded_pgdata() -> Path:
 
 def embedded_server_dsn() -> str:
     """Start (or reuse) the embedded server (default var/pgdata); a DSN for its `postgres` db."""
+    import logging
+
     import pgserver
 
+    # Its exit handler logs at INFO after the interpreter's streams may be closed.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     server = pgserver.get_server(embedded_pgdata(), cleanup_mode=None)
     return server.get_uri()
 
