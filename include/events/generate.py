@@ -17,8 +17,7 @@ code never reads. The output is a pure function of the arguments.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import functools
 import math
 import os
 import random
@@ -63,7 +62,7 @@ DIRTY_KINDS = ["duplicate_delivery", "duplicate_acceptance", "acceptance_without
                "missing_plan_id", "missing_meals", "unknown_recipe", "unknown_household", "unknown_event_type"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: cheap cache keys over the catalogue
 class Recipe:
     recipe_id: str
     name: str
@@ -117,7 +116,7 @@ def _dumps(value) -> str:
     return _encode(value).decode()
 
 
-def make_recipes(seed: int, count: int = 240) -> list[Recipe]:
+def make_recipes(seed: int, count: int = 240) -> tuple[Recipe, ...]:
     rng = random.Random(f"recipes-{seed}")
     recipes = []
     for index in range(count):
@@ -144,17 +143,28 @@ def make_recipes(seed: int, count: int = 240) -> list[Recipe]:
         name = f"{cuisine.title()} {sorted(ingredients & set(PROTEINS[kind]))[0]} with {sorted(ingredients & set(BASES))[0]}"
         recipes.append(Recipe(_uuid(rng), f"{name} #{index}", cuisine, prep_time, cost,
                               frozenset(ingredients), frozenset(tags)))
-    return recipes
+    return tuple(recipes)
 
 
-def banned_ingredients(restrictions: list[str]) -> set[str]:
-    return set().union(*(RESTRICTION_INGREDIENTS.get(r, set()) for r in restrictions)) if restrictions else set()
+@functools.cache
+def _banned(restrictions: tuple[str, ...]) -> frozenset[str]:
+    return frozenset().union(*(RESTRICTION_INGREDIENTS.get(r, set()) for r in restrictions))
+
+
+def banned_ingredients(restrictions: list[str]) -> frozenset[str]:
+    return _banned(tuple(restrictions))
+
+
+@functools.cache
+def _allowed_pool(recipes: tuple[Recipe, ...], restrictions: tuple[str, ...]) -> tuple[Recipe, ...]:
+    banned = _banned(restrictions)
+    return tuple(r for r in recipes if r.ingredients.isdisjoint(banned))
 
 
 def keep_probability(recipe: Recipe, state: HouseholdState, workflow_type: str, mode: str) -> float:
     """The true chance a household keeps a proposed meal, from its state at plan time."""
     logit = 0.9 + state.affinity + (0.4 if mode == "autopilot" else 0.0)
-    if recipe.ingredients & banned_ingredients(state.restrictions):
+    if not recipe.ingredients.isdisjoint(banned_ingredients(state.restrictions)):
         logit -= 3.5
     if not recipe.ingredients.isdisjoint(state.excluded):
         logit -= 2.5
@@ -198,11 +208,10 @@ def _new_constraints(rng: random.Random, state: HouseholdState) -> None:
     state.excluded = sorted(rng.sample(ALL_INGREDIENTS, rng.choices([0, 1, 2, 3], [0.4, 0.3, 0.2, 0.1])[0]))
 
 
-def _propose(rng: random.Random, recipes: list[Recipe], state: HouseholdState, policy: str, n_meals: int) -> list[Recipe]:
+def _propose(rng: random.Random, recipes: tuple[Recipe, ...], state: HouseholdState, policy: str, n_meals: int) -> list[Recipe]:
     """The serving policy's proposal: v2 avoids restricted recipes most of the time."""
     if policy == "policy-v2":
-        banned = banned_ingredients(state.restrictions)
-        pool = [r for r in recipes if r.ingredients.isdisjoint(banned)] if rng.random() < 0.7 else recipes
+        pool = _allowed_pool(recipes, tuple(state.restrictions)) if rng.random() < 0.7 else recipes
         if len(pool) < n_meals:
             pool = recipes
     else:
@@ -233,7 +242,7 @@ class _Emitter:
                               _dumps(payload) if payload is not None else None))
 
 
-def simulate_household(index: int, seed: int, start: datetime, weeks: int, recipes: list[Recipe],
+def simulate_household(index: int, seed: int, start: datetime, weeks: int, recipes: tuple[Recipe, ...],
                        dirty_share: float, tables: Tables) -> None:
     rng = random.Random(f"household-{seed}-{index}")
     hid = _uuid(rng)
@@ -281,7 +290,7 @@ def _apply_change(rng: random.Random, out: _Emitter, state: HouseholdState, kind
 
 
 def _simulate_plan(rng: random.Random, out: _Emitter, week: int, weeks: int, plan_time: datetime,
-                   state: HouseholdState, recipes: list[Recipe], rollout: float, dirty_share: float) -> None:
+                   state: HouseholdState, recipes: tuple[Recipe, ...], rollout: float, dirty_share: float) -> None:
     """One plan from the state in effect at `plan_time`."""
     workflow_type = rng.choices(*WORKFLOW_TYPES)[0]
     mode = rng.choices(*MODES)[0]
@@ -379,7 +388,7 @@ CHUNK_HOUSEHOLDS = 2500
 
 
 def generate(households: int, weeks: int, seed: int, end: datetime, dirty_share: float,
-             first_household: int = 0) -> tuple[list[Recipe], Tables]:
+             first_household: int = 0) -> tuple[tuple[Recipe, ...], Tables]:
     """All rows for households [first_household, first_household + households), in memory."""
     start = end - timedelta(days=7 * weeks)
     recipes = make_recipes(seed)
@@ -389,10 +398,19 @@ def generate(households: int, weeks: int, seed: int, end: datetime, dirty_share:
     return recipes, tables
 
 
-def _csv(rows: list[tuple]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
+def _copy_field(value) -> str:
+    if value is None:
+        return "\\N"
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
+def _tsv(rows: list[tuple]) -> str:
+    """COPY text format: no quoting needed (our JSON has no raw tab or newline; backslashes
+    are escaped), which makes it several times cheaper to write than CSV."""
+    if not rows:
+        return ""
+    return "\n".join("\t".join(map(_copy_field, row)) for row in rows) + "\n"
 
 
 def _generate_chunk(job: tuple[int, int, int, int, datetime, float]) -> dict[str, str]:
@@ -400,12 +418,12 @@ def _generate_chunk(job: tuple[int, int, int, int, datetime, float]) -> dict[str
     first, count, weeks, seed, end, dirty_share = job
     _, tables = generate(count, weeks, seed, end, dirty_share, first_household=first)
     return {
-        "app.households": _csv(tables.households),
-        "app.pantry_snapshots": _csv(tables.pantry),
-        "app.constraints": _csv(tables.constraints),
-        "app.plan_edits": _csv(tables.edits),
-        "sim.keep_truth": _csv(tables.truth),
-        "exp.events": _csv(tables.events),
+        "app.households": _tsv(tables.households),
+        "app.pantry_snapshots": _tsv(tables.pantry),
+        "app.constraints": _tsv(tables.constraints),
+        "app.plan_edits": _tsv(tables.edits),
+        "sim.keep_truth": _tsv(tables.truth),
+        "exp.events": _tsv(tables.events),
     }
 
 
@@ -435,7 +453,7 @@ def generate_and_load(dsn: str, households: int, weeks: int, seed: int, end: dat
         for table, (constraint, _) in PRIMARY_KEYS.items():
             cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
         recipes = make_recipes(seed)
-        _copy_text(cur, "app.recipes", "recipe_id, name, cuisine, prep_time, cost, ingredients, tags", _csv(
+        _copy_text(cur, "app.recipes", "recipe_id, name, cuisine, prep_time, cost, ingredients, tags", _tsv(
             [(r.recipe_id, r.name, r.cuisine, r.prep_time, f"{r.cost:.2f}", _dumps(sorted(r.ingredients)),
               _dumps(sorted(r.tags))) for r in recipes]))
         counts["app.recipes"] = len(recipes)
@@ -454,7 +472,7 @@ def generate_and_load(dsn: str, households: int, weeks: int, seed: int, end: dat
 
 
 def _copy_text(cur, table: str, columns: str, text: str) -> None:
-    with cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         copy.write(text)
 
 
