@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -155,11 +154,10 @@ def naive_with_one_connection(dsn: str, events: list[tuple]) -> float:
 
 def naive_with_hook_calls(dsn: str, events: list[tuple]) -> float:
     """What the loop becomes inside an Airflow task: PostgresHook.get_records per lookup."""
+    import logging
     import os
 
     from include.core.local_postgres import airflow_connection_json
-
-    import logging
 
     os.environ["AIRFLOW_CONN_EVENTS_DB"] = airflow_connection_json(dsn)
     from airflow.providers.postgres.hooks.postgres import PostgresHook

@@ -39,10 +39,6 @@ class Settings:
     max_bad_share: float
     extract_parallelism: int
 
-    @property
-    def is_local_storage(self) -> bool:
-        return "://" not in self.storage_root or self.storage_root.startswith("file://")
-
 
 def settings() -> Settings:
     """Current settings: env var if set, else the embedded local default."""
