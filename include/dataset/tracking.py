@@ -1,11 +1,11 @@
 """The dataset version in MLflow: one active run per version (experiment `planner_dataset`)."""
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 from include.core import names
+from include.core.hashing import file_sha256
 from include.core.tracking import ensure_experiment
 
 TRACKED_FILES = [names.DATASET_SCHEMA_FILE, names.DATASET_SUMMARY_FILE, names.DATASET_VALIDATION_FILE,
@@ -14,14 +14,6 @@ METRICS = ["rows", "quarantined", "duplicate_deliveries", "duplicate_acceptances
            "bad_share"]
 INPUT_COLUMNS = ["plan_id", "household_id", "accepted_at", "workflow_type", "mode", "policy_version_id",
                  "household_size", "budget", "max_prep_time", "n_proposed_meals", "n_accepted_meals", "n_user_edits"]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def log_dataset_version(version_dir: Path, uri: str, counts: dict) -> str:

@@ -1,0 +1,201 @@
+"""`planner-train`: the trainer the GPU pod, the Databricks wheel task and local runs all execute.
+
+    planner-train --dataset-uri <root>/datasets/planner/2026-11-23 --output-root <root>/models/planner_acceptance \
+        --training-run-id planner_acceptance-v20261123_000000 [--base-model tiny|/path/to/checkpoint] ...
+
+Exit codes: 0 trained (or the run's artifacts were already complete: nothing to do), 2 bad input
+(rejected before any training, with the reason), 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from include.core import names, storage
+from include.training.examples import (
+    REQUIRED_COLUMNS,
+    DatasetError,
+    examples_from_rows,
+    recipe_index,
+    split_by_household,
+    training_cutoff,
+)
+
+log = logging.getLogger("planner.train")
+
+RUN_ID_PATTERN = re.compile(rf"^{names.REGISTERED_MODEL_NAME}-v\d{{8}}_\d{{6}}$")
+MANIFEST_FILE = "training_manifest.json"
+
+
+def training_run_id(when: datetime) -> str:
+    """Seed 002's format, from the DAG run's time: a retry of the same run gets the same id."""
+    return f"{names.REGISTERED_MODEL_NAME}-v{when.astimezone(UTC):%Y%m%d_%H%M%S}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="planner-train", description="Train the planner acceptance classifier.")
+    parser.add_argument("--dataset-uri", required=True, help="a published dataset version directory")
+    parser.add_argument("--output-root", required=True, help="models root; the run writes <root>/<training-run-id>/")
+    parser.add_argument("--training-run-id", required=True, help="planner_acceptance-vYYYYMMDD_HHMMSS")
+    parser.add_argument("--base-model", default="tiny", help="'tiny' (built from a config) or a local HF checkpoint dir")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--max-rows", type=int, default=0, help="use at most this many dataset rows (0: all)")
+    parser.add_argument("--holdout-days", type=int, default=7, help="days before the version's end kept for replay")
+    parser.add_argument("--val-share", type=float, default=0.2, help="share of households held out for validation")
+    parser.add_argument("--lora", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    args = parser.parse_args(argv)
+    if not RUN_ID_PATTERN.match(args.training_run_id):
+        parser.error(f"--training-run-id must look like {names.REGISTERED_MODEL_NAME}-vYYYYMMDD_HHMMSS")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.learning_rate <= 0:
+        parser.error("--learning-rate must be > 0")
+    return args
+
+
+def load_dataset(uri: str, holdout_days: int, max_rows: int) -> tuple[list[dict], dict, datetime, str]:
+    """(rows before the cutoff, recipe index, cutoff, version); DatasetError on anything unusable."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = storage.local_path(uri)
+    if not path.is_dir():
+        raise DatasetError(f"dataset {uri} does not exist")
+    if not storage.is_complete(uri):
+        raise DatasetError(f"dataset {uri} has no {names.SUCCESS_MARKER}: it is incomplete or still being written")
+    schema = pq.read_schema(path / names.DATASET_TRAINING_FILE)
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise DatasetError(f"dataset {uri}: {names.DATASET_TRAINING_FILE} lacks columns {missing}")
+    version = path.name
+    try:
+        cutoff = training_cutoff(version, holdout_days)
+    except ValueError as exc:
+        raise DatasetError(f"dataset {uri}: directory name {version!r} is not a version (YYYY-MM-DD)") from exc
+    table = pq.read_table(path / names.DATASET_TRAINING_FILE, columns=list(REQUIRED_COLUMNS))
+    table = table.filter(pc.less(table["accepted_at"], cutoff))
+    if max_rows:
+        table = table.slice(0, max_rows)
+    if table.num_rows == 0:
+        raise DatasetError(f"dataset {uri} has no rows accepted before the training cutoff {cutoff.isoformat()}")
+    recipes = recipe_index(pq.read_table(path / names.DATASET_RECIPES_FILE).to_pylist())
+    return table.to_pylist(), recipes, cutoff, version
+
+
+def write_manifest(directory: Path, content: dict) -> dict:
+    """The manifest lists every file with its sha256 (the manifest itself and _SUCCESS excepted)."""
+    from include.core.hashing import file_sha256
+
+    files = {p.relative_to(directory).as_posix(): file_sha256(p)
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in (MANIFEST_FILE, names.SUCCESS_MARKER)}
+    manifest = {**content, "files": files}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def train(args: argparse.Namespace) -> dict:
+    import mlflow
+    import torch
+
+    from include.core.tracking import ensure_experiment
+    from include.training import modeling
+
+    rows, recipes, cutoff, version = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
+    examples = examples_from_rows(rows, recipes)
+    train_set, val_set = split_by_household(examples, args.val_share, args.seed)
+    if not train_set or not val_set or len({e.label for e in val_set}) < 2:
+        raise DatasetError(f"dataset {args.dataset_uri}: too few rows to train and validate "
+                           f"({len(train_set)} train / {len(val_set)} validation examples)")
+    modeling.seed_everything(args.seed)
+    device = _device(args.device)
+    tokenizer = None
+    if args.base_model == modeling.TINY:
+        tokenizer = modeling.train_tokenizer([e.context for e in train_set] + [e.meal for e in train_set])
+    lora = {"r": args.lora_r, "alpha": args.lora_alpha} if args.lora else None
+    model, tokenizer = modeling.build_model(args.base_model, tokenizer, lora)
+    encoded_train, encoded_val = modeling.encode(tokenizer, train_set), modeling.encode(tokenizer, val_set)
+    baseline = modeling.keep_rate_baseline(train_set, val_set)
+    hyper = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+             "seed": args.seed, "max_rows": args.max_rows, "holdout_days": args.holdout_days,
+             "val_share": args.val_share, "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
+             "base_model": args.base_model, "device": device}
+
+    final_uri = f"{args.output_root.rstrip('/')}/{args.training_run_id}"
+    staging = storage.new_staging_dir(final_uri)
+    try:
+        experiment_id = ensure_experiment(names.EXPERIMENT_TRAINING)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=args.training_run_id) as run:
+            mlflow.set_tags({"training_run_id": args.training_run_id, "dataset_version": version,
+                             "dataset_uri": args.dataset_uri})
+            mlflow.log_params({**hyper, "dataset_version": version, "training_cutoff": cutoff.isoformat(),
+                               "train_examples": len(train_set), "val_examples": len(val_set)})
+            mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
+            history = modeling.fit(
+                model, encoded_train, encoded_val, epochs=args.epochs, learning_rate=args.learning_rate,
+                batch_size=args.batch_size, seed=args.seed, pad_id=tokenizer.pad_token_id, device=device,
+                on_epoch=lambda epoch, metrics: (mlflow.log_metrics(metrics, step=epoch),
+                                                 log.info("epoch %d: %s", epoch, metrics)))
+            final = {**history.epochs[-1], **baseline, "train_examples_per_s": history.train_examples_per_s}
+            mlflow.log_metric("train_examples_per_s", history.train_examples_per_s)
+            if args.lora:
+                model = model.merge_and_unload()
+            model.to("cpu").save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            manifest = write_manifest(staging, {
+                "training_run_id": args.training_run_id, "mlflow_run_id": run.info.run_id,
+                "dataset_version": version, "dataset_uri": args.dataset_uri, "base_model": args.base_model,
+                "training_cutoff": cutoff.isoformat(), "hyperparameters": hyper, "final_metrics": final,
+                "torch_version": torch.__version__})
+            mlflow.log_dict(manifest, MANIFEST_FILE)
+    except BaseException:
+        storage.discard_staging(staging)
+        raise
+    storage.publish_dir(staging, final_uri)
+    return {"model_uri": final_uri, **manifest}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from include.core import config  # noqa: F401  (sets the offline environment before any library loads)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    final_uri = f"{args.output_root.rstrip('/')}/{args.training_run_id}"
+    if storage.is_complete(final_uri):
+        print(f"{final_uri} is already complete: nothing to train (a retry of a finished run)")
+        return 0
+    try:
+        result = train(args)
+    except DatasetError as exc:
+        print(f"planner-train: bad input: {exc}", file=sys.stderr)
+        return 2
+    metrics = result["final_metrics"]
+    print(f"trained {args.training_run_id}: val_auc {metrics['val_auc']:.4f} (baseline "
+          f"{metrics['baseline_val_auc']:.4f}); published {result['model_uri']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Example building as tables: labels, the leak-free context, the household split, the cutoff."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from include.training.examples import (
+    DatasetError,
+    context_text,
+    examples_from_rows,
+    is_validation_household,
+    meal_text,
+    split_by_household,
+    training_cutoff,
+)
+
+RECIPES = {
+    "r1": {"recipe_id": "r1", "cuisine": "italian", "prep_time": 20, "cost": 4.0,
+           "ingredients": ["rice", "cheese"], "tags": ["quick"]},
+    "r2": {"recipe_id": "r2", "cuisine": "thai", "prep_time": 60, "cost": 9.0,
+           "ingredients": ["shrimp", "noodles"], "tags": ["spicy"]},
+}
+CONTEXT = {"household": {"id": "h1", "size": 2, "preferences": ["quick"], "restrictions": ["dairy-free"]},
+           "pantry": {"items": [{"name": "rice", "quantity": 1, "unit": "kg"}]},
+           "constraints": {"budget": 70, "max_prep_time": 30, "excluded_ingredients": ["shrimp"]},
+           "workflow_type": "pantry-first", "mode": "autopilot", "previous_plan": None,
+           "proposed_plan": {"meals": [{"day": "monday", "recipe_id": "r1", "servings": 2},
+                                       {"day": "tuesday", "recipe_id": "r2", "servings": 2}]}}
+
+
+def _row(accepted_meals, household="h1", plan="p1"):
+    return {"plan_id": plan, "household_id": household, "input": json.dumps(CONTEXT),
+            "target": json.dumps({"accepted_plan": {"meals": accepted_meals}, "user_edits": []})}
+
+
+@pytest.mark.parametrize(("accepted", "labels"), [
+    ([{"day": "monday", "recipe_id": "r1"}, {"day": "tuesday", "recipe_id": "r2"}], [1, 1]),
+    ([{"day": "monday", "recipe_id": "r1"}], [1, 0]),                             # tuesday removed
+    ([{"day": "monday", "recipe_id": "r2"}, {"day": "tuesday", "recipe_id": "r1"}], [0, 0]),  # swapped days
+    ([], [0, 0]),
+])
+def test_a_proposed_meal_is_kept_when_the_same_recipe_stays_on_the_same_day(accepted, labels):
+    assert [e.label for e in examples_from_rows([_row(accepted)], RECIPES)] == labels
+
+
+def test_derived_tokens_come_from_the_context_only():
+    assert "excluded_hit no" in meal_text(RECIPES["r1"], CONTEXT)
+    assert "excluded_hit yes" in meal_text(RECIPES["r2"], CONTEXT)
+    assert "prep_over 0" in meal_text(RECIPES["r1"], CONTEXT) and "prep_over 3" in meal_text(RECIPES["r2"], CONTEXT)
+    assert "pref_match 1" in meal_text(RECIPES["r1"], CONTEXT)
+    assert "restrictions dairy-free" in context_text(CONTEXT) and "pantry rice" in context_text(CONTEXT)
+
+
+def test_an_unknown_recipe_is_a_dataset_error():
+    row = _row([])
+    row["input"] = json.dumps({**CONTEXT, "proposed_plan": {"meals": [{"day": "monday", "recipe_id": "r9"}]}})
+    with pytest.raises(DatasetError, match="r9"):
+        examples_from_rows([row], RECIPES)
+
+
+def test_households_never_straddle_the_split_and_the_split_is_stable():
+    rows = [_row([], household=f"h{i}", plan=f"p{i}-{j}") for i in range(200) for j in range(3)]
+    train, val = split_by_household(examples_from_rows(rows, RECIPES), 0.2, seed=7)
+    assert not {e.household_id for e in train} & {e.household_id for e in val}
+    assert 0.1 < len(val) / (len(train) + len(val)) < 0.3
+    assert [is_validation_household(f"h{i}", 0.2, 7) for i in range(50)] == \
+        [is_validation_household(f"h{i}", 0.2, 7) for i in range(50)]
+    with pytest.raises(DatasetError):
+        split_by_household([], 1.0, 7)
+
+
+def test_training_cutoff_holds_out_the_last_days_of_the_version():
+    assert training_cutoff("2026-11-23", 7) == datetime(2026, 11, 16, tzinfo=UTC)
+    assert training_cutoff("2026-11-23", 0) == datetime(2026, 11, 23, tzinfo=UTC)
+    with pytest.raises(DatasetError):
+        training_cutoff("2026-11-23", -1)
