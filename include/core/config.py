@@ -53,3 +53,43 @@ def settings() -> Settings:
         max_bad_share=float(_env("PLANNER_MAX_BAD_SHARE", "0.05")),
         extract_parallelism=max(1, int(_env("PLANNER_EXTRACT_PARALLELISM", "2"))),
     )
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Where and how training runs; production sets these in the Airflow deployment's env."""
+    backend: str               # kubernetes | databricks | local
+    image: str
+    namespace: str
+    kubernetes_conn_id: str
+    gpu_node_selector: dict
+    gpu_toleration_key: str
+    secret_name: str           # Kubernetes Secret with MLFLOW_TRACKING_URI, AWS_* ... (never values in the DAG)
+    gpu_pool: str              # Airflow pool bounding concurrent GPU jobs
+    deferrable: bool
+    databricks_conn_id: str
+    databricks_cluster: dict
+    trainer_wheel: str         # where the planner-trainer wheel was uploaded (a Volume or DBFS path)
+
+
+def training_settings() -> TrainingSettings:
+    import json
+
+    return TrainingSettings(
+        backend=_env("PLANNER_TRAINING_BACKEND", "local"),
+        image=_env("PLANNER_TRAINING_IMAGE", "registry.example.com/ml/planner-trainer:0.1.0"),
+        namespace=_env("PLANNER_K8S_NAMESPACE", "ml-training"),
+        kubernetes_conn_id=_env("PLANNER_K8S_CONN_ID", "kubernetes_default"),
+        gpu_node_selector=json.loads(_env("PLANNER_GPU_NODE_SELECTOR", '{"workload": "gpu-training"}')),
+        gpu_toleration_key=_env("PLANNER_GPU_TOLERATION_KEY", "nvidia.com/gpu"),
+        secret_name=_env("PLANNER_TRAINING_SECRET", "planner-training-env"),
+        gpu_pool=_env("PLANNER_GPU_POOL", "gpu_training"),
+        deferrable=_env("PLANNER_TRAINING_DEFERRABLE", "false").lower() == "true",
+        databricks_conn_id=_env("PLANNER_DATABRICKS_CONN_ID", "databricks_default"),
+        databricks_cluster=json.loads(_env("PLANNER_DATABRICKS_CLUSTER", json.dumps({
+            "spark_version": "16.4.x-gpu-ml-scala2.12", "node_type_id": "g5.xlarge", "num_workers": 0,
+            "spark_conf": {"spark.master": "local[*]", "spark.databricks.cluster.profile": "singleNode"},
+            "custom_tags": {"ResourceClass": "SingleNode", "project": "planner"}}))),
+        trainer_wheel=_env("PLANNER_TRAINER_WHEEL",
+                           "/Volumes/ml/planner/wheels/planner_trainer-0.1.0-py3-none-any.whl"),
+    )

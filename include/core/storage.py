@@ -111,3 +111,18 @@ def publish_dir(staging: Path, final_uri: str) -> str:
 
 def discard_staging(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def newest_complete_child(uri: str) -> str | None:
+    """Name of the newest (by name) complete version directly under `uri`, if any."""
+    if not is_local(uri):
+        fs, path = _fs(uri)
+        children = sorted((p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)), reverse=True) \
+            if fs.exists(path) else []
+    else:
+        base = local_path(uri)
+        children = sorted((p.name for p in base.iterdir() if p.is_dir()), reverse=True) if base.is_dir() else []
+    for name in children:
+        if not name.startswith("_") and is_complete(_join(uri, name)):
+            return name
+    return None

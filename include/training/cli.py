@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from include.core import names, storage
@@ -30,11 +30,6 @@ log = logging.getLogger("planner.train")
 
 RUN_ID_PATTERN = re.compile(rf"^{names.REGISTERED_MODEL_NAME}-v\d{{8}}_\d{{6}}$")
 MANIFEST_FILE = "training_manifest.json"
-
-
-def training_run_id(when: datetime) -> str:
-    """Seed 002's format, from the DAG run's time: a retry of the same run gets the same id."""
-    return f"{names.REGISTERED_MODEL_NAME}-v{when.astimezone(UTC):%Y%m%d_%H%M%S}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,0 +1,135 @@
+"""
+### planner_training: train the acceptance classifier on the GPU (or Databricks, or locally)
+
+Runs when `planner_dataset` publishes a version (the `planner.dataset` Asset, so weekly) and
+from the trigger form. The same `planner-train` entry point (the `planner-trainer` wheel) runs
+on every backend:
+
+| backend | how |
+|---|---|
+| `kubernetes` | `KubernetesPodOperator`: the training image on a GPU node pool (`nvidia.com/gpu` limit, node selector, toleration), MLflow/S3 settings from a Kubernetes Secret, pool `gpu_training` bounding concurrent GPU jobs, reattaches after a scheduler restart, deletes succeeded pods and keeps failed ones |
+| `databricks` | `DatabricksSubmitRunOperator`: a `python_wheel_task` on a GPU job cluster |
+| `local` | the console script as a subprocess (the embedded default and CI) |
+
+The training run id is `planner_acceptance-vYYYYMMDD_HHMMSS` from this DAG run, so a retry
+reuses it, and a run whose artifacts are already complete finishes without training again.
+Training uses the dataset's rows accepted before `end_date - holdout_days`; the later days
+stay unseen for offline replay. `publish_model_artifacts` checks the model directory is
+complete and emits the `planner.model_artifacts` Asset. Registration is not done here: the
+registration DAG's sensor takes over.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.core import names
+from include.core.assets import DATASET_ASSET, MODEL_ARTIFACTS_ASSET
+from include.core.config import settings, training_settings
+from include.training.backends import BACKENDS, databricks_run_json, kubernetes_pod_kwargs
+
+DEPLOY = training_settings()
+
+
+@dag(
+    dag_id=names.DAG_TRAINING,
+    schedule=[DATASET_ASSET],
+    start_date=datetime(2026, 1, 5),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["planner", "training", "gpu"],
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    params={
+        "backend": Param(DEPLOY.backend, type="string", enum=list(BACKENDS), title="Backend"),
+        "dataset_version": Param(None, type=["null", "string"], format="date", title="Dataset version",
+                                 description="Empty: the triggering dataset event's version, else the newest "
+                                             "complete one."),
+        "epochs": Param(3, type="integer", minimum=1, maximum=100),
+        "learning_rate": Param(1e-3, type="number", exclusiveMinimum=0, maximum=1),
+        "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
+        "base_model": Param("tiny", type="string", minLength=1,
+                            description="'tiny' (built from a config) or a local Hugging Face checkpoint directory"),
+        "lora": Param(False, type="boolean", description="LoRA (r=16, alpha=32) on a checkpoint base"),
+        "max_rows": Param(0, type="integer", minimum=0, description="0: all rows"),
+        "seed": Param(7, type="integer", minimum=0),
+        "holdout_days": Param(settings().holdout_days, type="integer", minimum=0, maximum=60),
+        "gpu_count": Param(1, type="integer", minimum=0, maximum=8, title="GPUs (kubernetes)"),
+    },
+)
+def planner_training():
+    @task(retries=0)
+    def resolve_inputs() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.core import storage
+        from include.training.backends import pick_dataset_version, trainer_argv, trainer_options, training_run_id
+
+        context = get_current_context()
+        params = context["params"]
+        events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
+        triggered = [e.extra["dataset_version"] for e in events if (e.extra or {}).get("dataset_version")]
+        try:
+            version = pick_dataset_version(params["dataset_version"], triggered)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        dataset_uri = storage.dataset_uri(version)
+        if not storage.is_complete(dataset_uri):
+            raise AirflowFailException(f"dataset {dataset_uri} is not complete (no {names.SUCCESS_MARKER})")
+        run_id = training_run_id(context["dag_run"].run_after)
+        options = trainer_options(dataset_uri, storage.models_root(), run_id, params)
+        return {"dataset_version": version, "dataset_uri": dataset_uri, "training_run_id": run_id,
+                "model_uri": f"{storage.models_root()}/{run_id}", "options": options, "argv": trainer_argv(options)}
+
+    @task.branch(retries=0)
+    def choose_backend() -> str:
+        return f"train_{get_current_context()['params']['backend']}"
+
+    @task(execution_timeout=timedelta(hours=12))
+    def train_local(inputs: dict) -> None:
+        import subprocess
+        import sys
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.core.config import PROJECT_ROOT
+
+        result = subprocess.run([sys.executable, "-m", "include.training.cli", *inputs["argv"]], cwd=PROJECT_ROOT)
+        if result.returncode == 2:
+            raise AirflowFailException("planner-train rejected its input (see the log above); not retrying")
+        if result.returncode:
+            raise RuntimeError(f"planner-train exited with {result.returncode}")
+
+    @task(trigger_rule="none_failed_min_one_success", outlets=[MODEL_ARTIFACTS_ASSET])
+    def publish_model_artifacts(inputs: dict) -> dict:
+        import json
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.core import storage
+        from include.training.cli import MANIFEST_FILE
+
+        uri = inputs["model_uri"]
+        if not storage.is_complete(uri):
+            raise AirflowFailException(f"training finished but {uri} has no {names.SUCCESS_MARKER}")
+        manifest = json.loads((storage.local_path(uri) / MANIFEST_FILE).read_text())
+        extra = {"model_path": uri, "training_run_id": manifest["training_run_id"],
+                 "mlflow_run_id": manifest["mlflow_run_id"], "dataset_version": manifest["dataset_version"]}
+        get_current_context()["outlet_events"][MODEL_ARTIFACTS_ASSET].extra = extra
+        return extra
+
+    inputs = resolve_inputs()
+    kubernetes = KubernetesPodOperator(task_id="train_kubernetes", arguments=inputs["argv"],
+                                       execution_timeout=timedelta(hours=12), **kubernetes_pod_kwargs(DEPLOY))
+    databricks = DatabricksSubmitRunOperator(
+        task_id="train_databricks", databricks_conn_id=DEPLOY.databricks_conn_id,
+        json=databricks_run_json(DEPLOY, inputs["options"], inputs["training_run_id"]),
+        execution_timeout=timedelta(hours=12), pool=DEPLOY.gpu_pool)
+    branch = choose_backend()
+    inputs >> branch >> [kubernetes, databricks, train_local(inputs)] >> publish_model_artifacts(inputs)
+
+
+planner_training()

@@ -1,0 +1,94 @@
+"""What the training DAG hands to each backend, as plain data (rendered and asserted on in
+tests; no cluster or workspace needed to check it)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from include.core import names, storage
+from include.core.config import TrainingSettings
+
+BACKENDS = ("kubernetes", "databricks", "local")
+
+
+def training_run_id(when: datetime) -> str:
+    """Seed 002's format from the DAG run's time: a retry of the same run gets the same id."""
+    return f"{names.REGISTERED_MODEL_NAME}-v{when.astimezone(UTC):%Y%m%d_%H%M%S}"
+
+
+def trainer_options(dataset_uri: str, output_root: str, run_id: str, params: dict) -> dict[str, str]:
+    """planner-train's options as {name: value} (flags as 'true'/'false')."""
+    return {
+        "dataset-uri": dataset_uri, "output-root": output_root, "training-run-id": run_id,
+        "base-model": str(params["base_model"]), "epochs": str(params["epochs"]),
+        "learning-rate": str(params["learning_rate"]), "batch-size": str(params["batch_size"]),
+        "seed": str(params["seed"]), "max-rows": str(params["max_rows"]),
+        "holdout-days": str(params["holdout_days"]), "lora": "true" if params["lora"] else "false",
+    }
+
+
+def trainer_argv(options: dict[str, str]) -> list[str]:
+    argv = []
+    for name, value in options.items():
+        if value in ("true", "false"):
+            argv.append(f"--{name}" if value == "true" else f"--no-{name}")
+        else:
+            argv += [f"--{name}", value]
+    return argv
+
+
+def pick_dataset_version(param_version: str | None, triggering_versions: list[str], root: str | None = None) -> str:
+    """The Param wins, then the triggering Asset event's version, then the newest complete one."""
+    if param_version:
+        return param_version
+    if triggering_versions:
+        return triggering_versions[-1]
+    newest = storage.newest_complete_child(storage.datasets_root(root))
+    if newest is None:
+        raise ValueError(f"no complete dataset version under {storage.datasets_root(root)}: run planner_dataset first")
+    return newest
+
+
+def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
+    """KubernetesPodOperator arguments for a GPU training pod (arguments come from XCom)."""
+    from kubernetes.client import models as k8s
+
+    gpus = "{{ params.gpu_count }}"
+    return {
+        "name": "planner-train",
+        "namespace": settings.namespace,
+        "kubernetes_conn_id": settings.kubernetes_conn_id,
+        "image": settings.image,
+        "cmds": ["planner-train"],
+        "container_resources": k8s.V1ResourceRequirements(
+            limits={"nvidia.com/gpu": gpus, "memory": "48Gi"}, requests={"cpu": "6", "memory": "32Gi"}),
+        "node_selector": settings.gpu_node_selector,
+        "tolerations": [k8s.V1Toleration(key=settings.gpu_toleration_key, operator="Exists", effect="NoSchedule")],
+        "env_from": [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.secret_name))],
+        "env_vars": [k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
+                     k8s.V1EnvVar(name="MLFLOW_DISABLE_TELEMETRY", value="true")],
+        "labels": {"app": "planner-train", "model": names.REGISTERED_MODEL_NAME},
+        "pool": settings.gpu_pool,
+        "reattach_on_restart": True,
+        "on_finish_action": "delete_succeeded_pod",
+        "get_logs": True,
+        "startup_timeout_seconds": 900,
+        "deferrable": settings.deferrable,
+    }
+
+
+def databricks_run_json(settings: TrainingSettings, options, run_id) -> dict:
+    """runs/submit payload: the same wheel and entry point on a GPU job cluster.
+
+    `options` and `run_id` may be values or templates/XCom references resolved at run time.
+    """
+    return {
+        "run_name": "planner-train",
+        "idempotency_token": run_id,  # a retried submit of the same run does not start a second job
+        "tasks": [{
+            "task_key": "planner_train",
+            "python_wheel_task": {"package_name": "planner_trainer", "entry_point": "planner-train",
+                                  "named_parameters": options},
+            "new_cluster": settings.databricks_cluster,
+            "libraries": [{"whl": settings.trainer_wheel}],
+        }],
+    }

@@ -1,0 +1,127 @@
+"""planner_training up to each boundary: the GPU pod rendered offline, the Databricks payload as
+it would be submitted, and a real local training run through the DAG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from include.core import names, storage
+from include.core.config import training_settings
+from include.training import cli
+from include.training.backends import (
+    databricks_run_json,
+    kubernetes_pod_kwargs,
+    pick_dataset_version,
+    trainer_argv,
+    trainer_options,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PARAMS = {"base_model": "tiny", "epochs": 1, "learning_rate": 0.001, "batch_size": 32, "seed": 7, "max_rows": 300,
+          "holdout_days": 7, "lora": False}
+RUN_ID = "planner_acceptance-v20261123_000000"
+OPTIONS = trainer_options("/data/datasets/planner/2026-11-23", "/data/models/planner_acceptance", RUN_ID, PARAMS)
+
+
+@pytest.fixture(scope="module")
+def training_dag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "planner_training.py"))
+    assert bag.import_errors == {}
+    return bag.dags[names.DAG_TRAINING]
+
+
+def test_every_backend_gets_the_same_trainer_options():
+    args = cli.parse_args(trainer_argv(OPTIONS))
+    assert (args.dataset_uri, args.output_root, args.training_run_id) == (
+        "/data/datasets/planner/2026-11-23", "/data/models/planner_acceptance", RUN_ID)
+    assert (args.epochs, args.learning_rate, args.batch_size, args.max_rows, args.lora) == (1, 0.001, 32, 300, False)
+    assert cli.parse_args(trainer_argv({**OPTIONS, "lora": "true"})).lora is True
+
+
+def test_the_gpu_pod_renders_with_limits_placement_secret_and_the_console_script(training_dag):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    settings = training_settings()
+    dag_task = training_dag.get_task("train_kubernetes")
+    assert dag_task.pool == settings.gpu_pool and dag_task.reattach_on_restart is True
+    assert dag_task.on_finish_action.value == "delete_succeeded_pod" and dag_task.get_logs is True
+    assert dag_task.execution_timeout.total_seconds() == 12 * 3600
+
+    operator = KubernetesPodOperator(task_id="train_kubernetes", arguments=trainer_argv(OPTIONS),
+                                     **kubernetes_pod_kwargs(settings))
+    operator.render_template_fields({"params": {"gpu_count": 2}})
+    pod = operator.build_pod_request_obj(dry_run=True)  # offline: no cluster is asked anything
+
+    container = pod.spec.containers[0]
+    assert container.image == settings.image and container.command == ["planner-train"]
+    assert container.args == trainer_argv(OPTIONS)
+    assert container.resources.limits["nvidia.com/gpu"] == "2"
+    assert pod.spec.node_selector == settings.gpu_node_selector
+    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    assert [e.secret_ref.name for e in container.env_from] == [settings.secret_name]
+    assert {e.name: e.value for e in container.env}["HF_HUB_OFFLINE"] == "1"
+    assert not any(e.name.startswith(("AWS_", "MLFLOW_TRACKING")) for e in container.env), "secrets belong in the Secret"
+    assert pod.metadata.namespace == settings.namespace
+
+
+def test_the_databricks_payload_is_the_wheel_task_with_exactly_the_trainer_options(training_dag):
+    from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
+
+    settings = training_settings()
+    operator = DatabricksSubmitRunOperator(task_id="train_databricks", json=databricks_run_json(settings, OPTIONS, RUN_ID),
+                                           params=dict(training_dag.params))
+    payload = operator._prepare_submit_json({})  # what submit_run would send (DAG params must not leak in)
+    (train,) = payload["tasks"]
+    assert train["python_wheel_task"] == {"package_name": "planner_trainer", "entry_point": "planner-train",
+                                          "named_parameters": OPTIONS}
+    assert train["libraries"] == [{"whl": settings.trainer_wheel}]
+    assert train["new_cluster"]["node_type_id"] and "gpu" in train["new_cluster"]["spark_version"]
+    assert payload["idempotency_token"] == RUN_ID
+    assert training_dag.get_task("train_databricks").pool == settings.gpu_pool
+
+
+def test_dataset_version_choice(tmp_path):
+    root = str(tmp_path)
+    for version, complete in [("2026-11-09", True), ("2026-11-16", True), ("2026-11-23", False)]:
+        path = Path(storage.dataset_uri(version, root))
+        path.mkdir(parents=True)
+        if complete:
+            (path / names.SUCCESS_MARKER).write_text("")
+    assert pick_dataset_version("2026-10-01", ["2026-11-16"], root) == "2026-10-01"
+    assert pick_dataset_version(None, ["2026-11-09"], root) == "2026-11-09"
+    assert pick_dataset_version(None, [], root) == "2026-11-16"  # the newest *complete* one
+    with pytest.raises(ValueError, match="run planner_dataset first"):
+        pick_dataset_version(None, [], str(tmp_path / "empty"))
+
+
+@pytest.mark.e2e
+def test_a_local_training_run_through_the_dag_publishes_the_model_and_emits_the_asset(
+        training_dag, published_dataset, monkeypatch):
+    import json
+
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    root = str(Path(published_dataset).parents[2])
+    monkeypatch.setenv("PLANNER_STORAGE_ROOT", root)
+    run = training_dag.test(run_conf={"backend": "local", "epochs": 1, "max_rows": 300, "batch_size": 32})
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["train_local"] == "success"
+    assert states["train_kubernetes"] == states["train_databricks"] == "skipped"
+
+    with create_session() as session:
+        event = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                .where(AssetModel.name == names.ASSET_MODEL_ARTIFACTS)
+                                .order_by(AssetEvent.id.desc())).first()
+        extra = dict(event.extra)
+    model_path = extra["model_path"]
+    assert storage.is_complete(model_path) and model_path.startswith(storage.models_root(root))
+    manifest = json.loads((Path(model_path) / cli.MANIFEST_FILE).read_text())
+    assert extra == {"model_path": model_path, "training_run_id": manifest["training_run_id"],
+                     "mlflow_run_id": manifest["mlflow_run_id"], "dataset_version": "2026-11-23"}
+    assert manifest["training_run_id"].startswith("planner_acceptance-v")
