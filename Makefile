@@ -23,6 +23,7 @@ test: $(STAMP)  ## the whole test suite (real PostgreSQL, MLflow and Airflow run
 
 bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same run)
 	$(PY) -m bench.dataset_build
+	$(PY) -m bench.training_throughput
 
 venv: $(STAMP)
 
