@@ -100,6 +100,23 @@ def write_manifest(directory: Path, content: dict) -> dict:
     return manifest
 
 
+def _dataset_reference(uri: str, version: str):
+    """The dataset version as an MLflow input: its location and content digest, without loading it."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from include.core.hashing import file_sha256
+
+    source_uri = Path(uri).resolve().as_uri() if "://" not in uri else uri
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local files
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(source_uri)
+    digest = file_sha256(storage.local_path(uri) / names.DATASET_TRAINING_FILE)[:16]
+    return MetaDataset(source=source, name=f"{names.DATASET_NAME}/{version}", digest=digest)
+
+
 def _device(requested: str) -> str:
     import torch
 
@@ -142,6 +159,7 @@ def train(args: argparse.Namespace) -> dict:
         with mlflow.start_run(experiment_id=experiment_id, run_name=args.training_run_id) as run:
             mlflow.set_tags({"training_run_id": args.training_run_id, "dataset_version": version,
                              "dataset_uri": args.dataset_uri})
+            mlflow.log_input(_dataset_reference(args.dataset_uri, version), context="training")
             mlflow.log_params({**hyper, "dataset_version": version, "training_cutoff": cutoff.isoformat(),
                                "train_examples": len(train_set), "val_examples": len(val_set)})
             mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})

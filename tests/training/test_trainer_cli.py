@@ -97,6 +97,7 @@ def test_training_publishes_a_complete_reloadable_model_and_a_retry_reuses_it(pu
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auc")
     assert [m.step for m in history] == [0]
     assert {"train_loss", "val_loss", "val_accuracy", "baseline_val_auc"} <= set(run.data.metrics)
+    assert run.inputs.dataset_inputs[0].dataset.name == "planner/2026-11-23"
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

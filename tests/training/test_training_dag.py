@@ -108,7 +108,7 @@ def test_a_local_training_run_through_the_dag_publishes_the_model_and_emits_the_
 
     root = str(Path(published_dataset).parents[2])
     monkeypatch.setenv("PLANNER_STORAGE_ROOT", root)
-    run = training_dag.test(run_conf={"backend": "local", "epochs": 1, "max_rows": 300, "batch_size": 32})
+    run = training_dag.test(run_conf={"backend": "local", "epochs": 2, "max_rows": 300, "batch_size": 32})
     assert run.state == "success"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["train_local"] == "success"
@@ -125,3 +125,16 @@ def test_a_local_training_run_through_the_dag_publishes_the_model_and_emits_the_
     assert extra == {"model_path": model_path, "training_run_id": manifest["training_run_id"],
                      "mlflow_run_id": manifest["mlflow_run_id"], "dataset_version": "2026-11-23"}
     assert manifest["training_run_id"].startswith("planner_acceptance-v")
+
+    import mlflow
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    history = mlflow.MlflowClient().get_metric_history(manifest["mlflow_run_id"], "val_auc")
+    assert [m.step for m in history] == [0, 1]
+    model = AutoModelForSequenceClassification.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    with torch.no_grad():
+        logits = model(**tokenizer(["workflow plan-first mode autopilot"], ["cuisine thai ingredients rice"],
+                                   return_tensors="pt", padding=True)).logits
+    assert logits.shape == (1, 2)
