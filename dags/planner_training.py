@@ -115,7 +115,7 @@ def planner_training():
         uri = inputs["model_uri"]
         if not storage.is_complete(uri):
             raise AirflowFailException(f"training finished but {uri} has no {names.SUCCESS_MARKER}")
-        manifest = json.loads((storage.local_path(uri) / MANIFEST_FILE).read_text())
+        manifest = json.loads(storage.read_text(uri, MANIFEST_FILE))
         extra = {"model_path": uri, "training_run_id": manifest["training_run_id"],
                  "mlflow_run_id": manifest["mlflow_run_id"], "dataset_version": manifest["dataset_version"]}
         get_current_context()["outlet_events"][MODEL_ARTIFACTS_ASSET].extra = extra

@@ -126,3 +126,17 @@ def newest_complete_child(uri: str) -> str | None:
         if not name.startswith("_") and is_complete(_join(uri, name)):
             return name
     return None
+
+
+def filesystem(uri: str):
+    """(fsspec filesystem, path) for any root: local paths, file://, s3://, memory://, ..."""
+    if is_local(uri):
+        import fsspec
+
+        return fsspec.filesystem("file"), str(local_path(uri))
+    return _fs(uri)
+
+
+def read_text(uri: str, name: str) -> str:
+    fs, path = filesystem(uri)
+    return fs.cat_file(_join(path, name)).decode()

@@ -65,27 +65,28 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int) -> tuple[list[dict]
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    path = storage.local_path(uri)
-    if not path.is_dir():
+    fs, path = storage.filesystem(uri)
+    if not fs.isdir(path):
         raise DatasetError(f"dataset {uri} does not exist")
     if not storage.is_complete(uri):
         raise DatasetError(f"dataset {uri} has no {names.SUCCESS_MARKER}: it is incomplete or still being written")
-    schema = pq.read_schema(path / names.DATASET_TRAINING_FILE)
+    rows_file = f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}"
+    schema = pq.read_schema(rows_file, filesystem=fs)
     missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise DatasetError(f"dataset {uri}: {names.DATASET_TRAINING_FILE} lacks columns {missing}")
-    version = path.name
+    version = path.rstrip("/").rsplit("/", 1)[-1]
     try:
         cutoff = training_cutoff(version, holdout_days)
     except ValueError as exc:
         raise DatasetError(f"dataset {uri}: directory name {version!r} is not a version (YYYY-MM-DD)") from exc
-    table = pq.read_table(path / names.DATASET_TRAINING_FILE, columns=list(REQUIRED_COLUMNS))
+    table = pq.read_table(rows_file, columns=list(REQUIRED_COLUMNS), filesystem=fs)
     table = table.filter(pc.less(table["accepted_at"], cutoff))
     if max_rows:
         table = table.slice(0, max_rows)
     if table.num_rows == 0:
         raise DatasetError(f"dataset {uri} has no rows accepted before the training cutoff {cutoff.isoformat()}")
-    recipes = recipe_index(pq.read_table(path / names.DATASET_RECIPES_FILE).to_pylist())
+    recipes = recipe_index(pq.read_table(f"{path.rstrip('/')}/{names.DATASET_RECIPES_FILE}", filesystem=fs).to_pylist())
     return table.to_pylist(), recipes, cutoff, version
 
 
@@ -112,9 +113,16 @@ def _dataset_reference(uri: str, version: str):
     source_uri = Path(uri).resolve().as_uri() if "://" not in uri else uri
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local files
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(source_uri)
-    digest = file_sha256(storage.local_path(uri) / names.DATASET_TRAINING_FILE)[:16]
-    return MetaDataset(source=source, name=f"{names.DATASET_NAME}/{version}", digest=digest)
+        try:
+            source = resolve_dataset_source(source_uri)
+        except Exception:  # a scheme MLflow has no source type for: keep the URI as an HTTP-like reference
+            from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+            source = HTTPDatasetSource(source_uri)
+    fs, path = storage.filesystem(uri)
+    digest = fs.checksum(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}") if not storage.is_local(uri) \
+        else file_sha256(storage.local_path(uri) / names.DATASET_TRAINING_FILE)
+    return MetaDataset(source=source, name=f"{names.DATASET_NAME}/{version}", digest=str(digest)[:16])
 
 
 def _device(requested: str) -> str:

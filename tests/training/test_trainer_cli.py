@@ -133,3 +133,24 @@ def test_the_dataset_schema_contract_is_what_the_trainer_reads(published_dataset
     assert set(REQUIRED_COLUMNS) <= set(pq.read_schema(Path(published_dataset) / names.DATASET_TRAINING_FILE).names)
     recipes = pq.read_schema(Path(published_dataset) / names.DATASET_RECIPES_FILE)
     assert set(RECIPE_COLUMNS) <= set(recipes.names) and recipes.field("prep_time").type == pa.int32()
+
+
+def test_training_reads_and_publishes_on_object_storage(published_dataset):
+    """An object-storage root (fsspec's in-memory filesystem standing in for S3) end to end:
+    the dataset is read from it and the model published to it, `_SUCCESS` last."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    source = Path(published_dataset)
+    for file in source.iterdir():
+        fs.put_file(str(file), f"/bucket/datasets/planner/{source.name}/{file.name}")
+    run_id = "planner_acceptance-v20261123_000099"
+    try:
+        assert cli.main(["--dataset-uri", f"memory://bucket/datasets/planner/{source.name}",
+                         "--output-root", "memory://bucket/models", "--training-run-id", run_id, *SMALL]) == 0
+        assert storage.is_complete(f"memory://bucket/models/{run_id}")
+        manifest = json.loads(storage.read_text(f"memory://bucket/models/{run_id}", cli.MANIFEST_FILE))
+        assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json"}
+        assert manifest["dataset_uri"] == f"memory://bucket/datasets/planner/{source.name}"
+    finally:
+        fs.rm("/bucket", recursive=True)
