@@ -87,10 +87,9 @@ def planner_dataset():
 
     @task(outlets=[DATASET_ASSET])
     def log_dataset(published: dict) -> str:
-        from include.core import storage
         from include.dataset.tracking import log_dataset_version
 
-        run_id = log_dataset_version(storage.local_path(published["uri"]), published["uri"], published["counts"])
+        run_id = log_dataset_version(published["uri"], published["counts"])
         get_current_context()["outlet_events"][DATASET_ASSET].extra = {
             "dataset_version": published["version"], "dataset_uri": published["uri"], "rows": published["rows"],
             "mlflow_run_id": run_id,

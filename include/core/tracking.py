@@ -41,3 +41,20 @@ def ensure_experiment(name: str) -> str:
         if again is None:
             raise
         return again.experiment_id
+
+
+def dataset_source(uri: str):
+    """An MLflow DatasetSource for a dataset location: MLflow's own for the schemes it knows
+    (local files, s3, ...), else a plain URI reference."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    location = Path(uri).resolve().as_uri() if "://" not in uri else uri
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local files
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return resolve_dataset_source(location)
+        except Exception:  # noqa: BLE001 - MLflow raises its own exception type per resolver
+            return HTTPDatasetSource(location)

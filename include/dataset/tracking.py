@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 from include.core import names
-from include.core.hashing import file_sha256
-from include.core.tracking import ensure_experiment
+from include.core.hashing import content_digest
+from include.core.tracking import dataset_source, ensure_experiment
 
 TRACKED_FILES = [names.DATASET_SCHEMA_FILE, names.DATASET_SUMMARY_FILE, names.DATASET_VALIDATION_FILE,
                  names.DATASET_COUNTS_FILE]
@@ -16,7 +15,7 @@ INPUT_COLUMNS = ["plan_id", "household_id", "accepted_at", "workflow_type", "mod
                  "household_size", "budget", "max_prep_time", "n_proposed_meals", "n_accepted_meals", "n_user_edits"]
 
 
-def log_dataset_version(version_dir: Path, uri: str, counts: dict) -> str:
+def log_dataset_version(uri: str, counts: dict) -> str:
     """Log (or find) the MLflow run of a published version; returns its run id.
 
     Rebuilding a version with the same content reuses its run; different content replaces it
@@ -25,9 +24,11 @@ def log_dataset_version(version_dir: Path, uri: str, counts: dict) -> str:
     import mlflow
     import pandas as pd
 
+    from include.core import storage
+
     window = counts["window"]
     version = window["version"]
-    digest = file_sha256(version_dir / names.DATASET_TRAINING_FILE)
+    digest = content_digest(uri, names.DATASET_TRAINING_FILE)
     experiment_id = ensure_experiment(names.EXPERIMENT_DATASET)
     client = mlflow.MlflowClient()
     previous = client.search_runs([experiment_id], filter_string=f"tags.dataset_version = '{version}'")
@@ -37,7 +38,8 @@ def log_dataset_version(version_dir: Path, uri: str, counts: dict) -> str:
     for run in previous:
         client.delete_run(run.info.run_id)
 
-    frame = pd.read_parquet(version_dir / names.DATASET_TRAINING_FILE, columns=INPUT_COLUMNS)
+    fs, path = storage.filesystem(uri)
+    frame = pd.read_parquet(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}", columns=INPUT_COLUMNS, filesystem=fs)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dataset-{version}") as run:
         mlflow.set_tags({"dataset_version": version, "dataset_uri": uri, "dataset_digest": digest})
         mlflow.log_params({"end_date": version, "window_start": window["start"], "window_end": window["end"],
@@ -45,11 +47,10 @@ def log_dataset_version(version_dir: Path, uri: str, counts: dict) -> str:
         mlflow.log_metrics({name: float(counts[name]) for name in METRICS})
         mlflow.log_metrics({f"quarantined_{reason}": float(n) for reason, n in counts["quarantined_by_reason"].items()})
         for name in TRACKED_FILES:
-            if (version_dir / name).exists():
-                mlflow.log_artifact(str(version_dir / name))
-        source = Path(uri).resolve().as_uri() if "://" not in uri else uri
+            if fs.exists(f"{path.rstrip('/')}/{name}"):
+                mlflow.log_text(storage.read_text(uri, name), name)
         with warnings.catch_warnings():  # MLflow's hint about integer columns: ours have no missing values
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=source, name=f"{names.DATASET_NAME}/{version}")
+            dataset = mlflow.data.from_pandas(frame, source=dataset_source(uri), name=f"{names.DATASET_NAME}/{version}")
         mlflow.log_input(dataset, context="training")
         return run.info.run_id

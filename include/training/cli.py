@@ -103,26 +103,13 @@ def write_manifest(directory: Path, content: dict) -> dict:
 
 def _dataset_reference(uri: str, version: str):
     """The dataset version as an MLflow input: its location and content digest, without loading it."""
-    import warnings
-
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from include.core.hashing import file_sha256
+    from include.core.hashing import content_digest
+    from include.core.tracking import dataset_source
 
-    source_uri = Path(uri).resolve().as_uri() if "://" not in uri else uri
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local files
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            source = resolve_dataset_source(source_uri)
-        except Exception:  # a scheme MLflow has no source type for: keep the URI as an HTTP-like reference
-            from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-            source = HTTPDatasetSource(source_uri)
-    fs, path = storage.filesystem(uri)
-    digest = fs.checksum(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}") if not storage.is_local(uri) \
-        else file_sha256(storage.local_path(uri) / names.DATASET_TRAINING_FILE)
-    return MetaDataset(source=source, name=f"{names.DATASET_NAME}/{version}", digest=str(digest)[:16])
+    return MetaDataset(source=dataset_source(uri), name=f"{names.DATASET_NAME}/{version}",
+                       digest=content_digest(uri, names.DATASET_TRAINING_FILE)[:16])
 
 
 def _device(requested: str) -> str:
