@@ -1,9 +1,10 @@
 """`make lifecycle`: the model lifecycle on the embedded default (no Docker, no cluster).
 
-Today it covers the dataset phase: find PostgreSQL (or start the embedded one), generate
-weeks of product events, run `planner_dataset` as a real Airflow DAG run, and show where the
-version was published and its summary. Safe to re-run: the data is regenerated from its
-seed and the version is rewritten identically.
+Today it covers the dataset and training phases: find PostgreSQL (or start the embedded one),
+generate weeks of product events, run `planner_dataset` and then `planner_training` (local
+backend) as real Airflow DAG runs, and show the dataset summary and the trained model's
+validation metrics. Safe to re-run: the data is regenerated from its seed, the dataset version
+is rewritten identically, and each run trains (and keeps) a model of its own.
 """
 from __future__ import annotations
 
@@ -37,11 +38,17 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _complete_models() -> set[str]:
+    root = Path(storage.models_root())
+    return {p.name for p in root.iterdir() if storage.is_complete(str(p))} if root.is_dir() else set()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make lifecycle", description=__doc__.split("\n")[0])
     parser.add_argument("--households", type=int, default=2000)
     parser.add_argument("--weeks", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     logs = PROJECT_ROOT / "var" / "logs"
@@ -76,8 +83,26 @@ def main(argv: list[str] | None = None) -> int:
 
     _step(f"dataset published at {uri}")
     print((storage.local_path(uri) / names.DATASET_SUMMARY_FILE).read_text())
-    print(f"MLflow: {settings().mlflow_tracking_uri} (experiment {names.EXPERIMENT_DATASET}); "
-          f"UI: .venv/bin/mlflow ui --backend-store-uri {settings().mlflow_tracking_uri}")
+
+    _step(f"running DAG {names.DAG_TRAINING} on dataset {version} (local backend, {args.epochs} epochs)")
+    log_path = logs / f"{names.DAG_TRAINING}.log"
+    models_before = _complete_models()
+    conf = json.dumps({"dataset_version": version, "backend": "local", "epochs": args.epochs})
+    if _run_logged([AIRFLOW, "dags", "test", names.DAG_TRAINING, "-c", conf], env, log_path):
+        print(f"\nFAILED: DAG {names.DAG_TRAINING}; last lines of {log_path}:\n{_tail(log_path)}", file=sys.stderr)
+        return 1
+    new_models = sorted(_complete_models() - models_before)
+    if not new_models:
+        print(f"\nFAILED: {names.DAG_TRAINING} published no complete model; see {log_path}", file=sys.stderr)
+        return 1
+    manifest = json.loads((Path(storage.models_root()) / new_models[-1] / "training_manifest.json").read_text())
+    metrics = manifest["final_metrics"]
+    _step(f"model {manifest['training_run_id']} published at {storage.models_root()}/{new_models[-1]}")
+    print(f"    validation AUC {metrics['val_auc']:.3f} (keep-rate baseline {metrics['baseline_val_auc']:.3f}), "
+          f"accuracy {metrics['val_accuracy']:.3f}, trained on rows accepted before {manifest['training_cutoff']}")
+    print(f"    MLflow run {manifest['mlflow_run_id']} (experiment {names.EXPERIMENT_TRAINING})")
+
+    print(f"\nMLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings().mlflow_tracking_uri}")
     print(f"done in {time.perf_counter() - started:.0f}s")
     return 0
 
