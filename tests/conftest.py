@@ -94,15 +94,13 @@ def storage_root(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def published_dataset(events_dsn, tmp_path_factory) -> str:
-    """A real dataset version (generator -> PostgreSQL -> build, validate, publish) in a storage
-    root of its own, in its own database so that tests truncating the source tables don't race it."""
+def training_events_dsn(events_dsn) -> str:
+    """Generated events in a database of their own (tests that truncate the source tables
+    cannot race it), for the dataset a model is trained on."""
     from datetime import UTC, datetime
     from urllib.parse import urlsplit, urlunsplit
 
-    from include.core.local_postgres import ensure_database
-    from include.dataset.pipeline import build_validate_publish
-    from include.dataset.window import resolve_window
+    from include.core.local_postgres import drop_database, ensure_database
     from include.events import generate
     from include.events.db import apply_schema
 
@@ -111,14 +109,21 @@ def published_dataset(events_dsn, tmp_path_factory) -> str:
     apply_schema(dsn)
     generate.generate_and_load(dsn, households=300, weeks=6, seed=5, end=datetime(2026, 11, 23, tzinfo=UTC),
                                dirty_share=0.02, reset=True)
+    yield dsn
+    drop_database(dsn)
+
+
+@pytest.fixture(scope="session")
+def published_dataset(training_events_dsn, tmp_path_factory) -> str:
+    """A real dataset version (build, validate, publish) in a storage root of its own."""
+    from include.dataset.pipeline import build_validate_publish
+    from include.dataset.window import resolve_window
+
     root = tmp_path_factory.mktemp("published")
     previous = os.environ.get("PLANNER_STORAGE_ROOT")
     os.environ["PLANNER_STORAGE_ROOT"] = str(root)
     try:
-        published = build_validate_publish(dsn, resolve_window("2026-11-23", 28), max_bad_share=0.05)
+        published = build_validate_publish(training_events_dsn, resolve_window("2026-11-23", 28), max_bad_share=0.05)
     finally:
         os.environ["PLANNER_STORAGE_ROOT"] = previous or ""
-    yield published["uri"]
-    from include.core.local_postgres import drop_database
-
-    drop_database(dsn)
+    return published["uri"]

@@ -52,5 +52,5 @@ def log_dataset_version(uri: str, counts: dict) -> str:
         with warnings.catch_warnings():  # MLflow's hint about integer columns: ours have no missing values
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=dataset_source(uri), name=f"{names.DATASET_NAME}/{version}")
-        mlflow.log_input(dataset, context="training")
+            mlflow.log_input(dataset, context="training")  # the schema is inferred here
         return run.info.run_id

@@ -138,3 +138,28 @@ def test_a_local_training_run_through_the_dag_publishes_the_model_and_emits_the_
         logits = model(**tokenizer(["workflow plan-first mode autopilot"], ["cuisine thai ingredients rice"],
                                    return_tensors="pt", padding=True)).logits
     assert logits.shape == (1, 2)
+
+
+@pytest.mark.e2e
+def test_dataset_dag_then_training_dag_on_the_version_it_built(training_dag, training_events_dsn, tmp_path,
+                                                                monkeypatch):
+    """The two phases chained through their contract: planner_dataset publishes a version,
+    planner_training (no version given) picks that newest complete version and trains on it."""
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.core.local_postgres import airflow_connection_json
+
+    monkeypatch.setenv("PLANNER_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", airflow_connection_json(training_events_dsn))
+    dataset_dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "planner_dataset.py")).dags[names.DAG_DATASET]
+    assert dataset_dag.test(run_conf={"end_date": "2026-11-23"}).state == "success"
+
+    run = training_dag.test(run_conf={"backend": "local", "epochs": 1, "max_rows": 300, "batch_size": 32})
+    assert run.state == "success"
+    inputs = next(ti for ti in run.get_task_instances() if ti.task_id == "resolve_inputs").xcom_pull(
+        task_ids="resolve_inputs")
+    assert inputs["dataset_uri"] == storage.dataset_uri("2026-11-23") and str(tmp_path) in inputs["dataset_uri"]
+    manifest = json.loads(storage.read_text(inputs["model_uri"], cli.MANIFEST_FILE))
+    assert manifest["dataset_uri"] == inputs["dataset_uri"] and manifest["dataset_version"] == "2026-11-23"
