@@ -58,6 +58,7 @@ DEPLOY = training_settings()
         "seed": Param(7, type="integer", minimum=0),
         "holdout_days": Param(settings().holdout_days, type="integer", minimum=0, maximum=60),
         "gpu_count": Param(1, type="integer", minimum=0, maximum=8, title="GPUs (kubernetes)"),
+        "image": Param(DEPLOY.image, type="string", minLength=1, title="Training image (kubernetes)"),
     },
 )
 def planner_training():

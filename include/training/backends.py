@@ -57,7 +57,7 @@ def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
         "name": "planner-train",
         "namespace": settings.namespace,
         "kubernetes_conn_id": settings.kubernetes_conn_id,
-        "image": settings.image,
+        "image": "{{ params.image }}",  # the DAG's Param, defaulting to settings.image
         "cmds": ["planner-train"],
         "container_resources": k8s.V1ResourceRequirements(
             limits={"nvidia.com/gpu": gpus, "memory": "48Gi"}, requests={"cpu": "6", "memory": "32Gi"}),

@@ -52,11 +52,12 @@ def test_the_gpu_pod_renders_with_limits_placement_secret_and_the_console_script
 
     operator = KubernetesPodOperator(task_id="train_kubernetes", arguments=trainer_argv(OPTIONS),
                                      **kubernetes_pod_kwargs(settings))
-    operator.render_template_fields({"params": {"gpu_count": 2}})
+    operator.render_template_fields({"params": {"gpu_count": 2, "image": "registry.internal/planner-trainer:7"}})
     pod = operator.build_pod_request_obj(dry_run=True)  # offline: no cluster is asked anything
 
     container = pod.spec.containers[0]
-    assert container.image == settings.image and container.command == ["planner-train"]
+    assert container.image == "registry.internal/planner-trainer:7" and container.command == ["planner-train"]
+    assert training_dag.params["image"] == settings.image  # the form defaults to the configured image
     assert container.args == trainer_argv(OPTIONS)
     assert container.resources.limits["nvidia.com/gpu"] == "2"
     assert pod.spec.node_selector == settings.gpu_node_selector
