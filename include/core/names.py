@@ -36,3 +36,7 @@ DATASET_SCHEMA_FILE = "schema.json"
 DATASET_SUMMARY_FILE = "dataset_summary.md"
 DATASET_VALIDATION_FILE = "validation.json"
 DATASET_COUNTS_FILE = "counts.json"
+
+# Files of a published model directory (DESIGN §3).
+MODEL_MANIFEST_FILE = "training_manifest.json"
+MODEL_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")

@@ -29,7 +29,7 @@ from include.training.examples import (
 log = logging.getLogger("planner.train")
 
 RUN_ID_PATTERN = re.compile(rf"^{names.REGISTERED_MODEL_NAME}-v\d{{8}}_\d{{6}}$")
-MANIFEST_FILE = "training_manifest.json"
+MANIFEST_FILE = names.MODEL_MANIFEST_FILE
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -88,6 +88,9 @@ def test_training_publishes_a_complete_reloadable_model_and_a_retry_reuses_it(pu
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(manifest["files"])
     for name, digest in manifest["files"].items():
         assert file_sha256(model_dir / name) == digest
+    from include.registration.artifacts import artifact_problems
+
+    assert artifact_problems(model_dir) == []  # the contract registration verifies
     assert manifest["training_run_id"] == run_id and manifest["dataset_version"] == "2026-11-23"
     assert manifest["training_cutoff"] == "2026-11-16T00:00:00+00:00"
     assert manifest["hyperparameters"]["epochs"] == 1 and manifest["base_model"] == "tiny"

@@ -1,0 +1,1 @@
+"""The registration phase: validate the model path, verify the artifacts, register idempotently."""

@@ -1,0 +1,72 @@
+"""Which model directory may be registered, and whether it is complete and intact.
+
+Pure decisions on paths and manifests (no MLflow, no Airflow): the `model_path` Param comes
+from a person's trigger form or an Asset event, so it is validated before anything reads it,
+and a directory is registered only when every file in its manifest is there with its sha256.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from include.core import names
+from include.core.hashing import file_sha256
+
+
+class ModelPathError(ValueError):
+    """The model path is not one registration may read; the message says why."""
+
+
+def resolve_model_path(model_path: str, models_root: str) -> Path:
+    """The real directory of `model_path` if it lies inside the local models root.
+
+    Refuses other schemes, relative paths, `..` segments and anything that resolves (through
+    symlinks) outside the root.
+    """
+    if not model_path or not model_path.strip():
+        raise ModelPathError("model_path is empty")
+    if "://" in model_path and not model_path.startswith("file://"):
+        raise ModelPathError(f"model_path {model_path!r}: only paths under the models root are accepted, "
+                             f"not other schemes")
+    raw = model_path[len("file://"):] if model_path.startswith("file://") else model_path
+    if ".." in Path(raw).parts:
+        raise ModelPathError(f"model_path {model_path!r} contains '..'")
+    root = Path(models_root).resolve()
+    candidate = Path(raw) if os.path.isabs(raw) else root / raw
+    resolved = candidate.resolve()
+    if resolved == root or root not in resolved.parents:
+        raise ModelPathError(f"model_path {model_path!r} resolves to {resolved}, which is not inside the models "
+                             f"root {root}")
+    if not resolved.is_dir():
+        raise ModelPathError(f"model_path {model_path!r} is not a directory")
+    return resolved
+
+
+def artifact_problems(directory: Path) -> list[str]:
+    """Everything wrong with a model directory (empty list: complete and intact)."""
+    problems = []
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    if not files:
+        return [f"{directory} is empty"]
+    if names.SUCCESS_MARKER not in files:
+        problems.append(f"{names.SUCCESS_MARKER} is missing: training did not finish publishing")
+    for required in names.MODEL_REQUIRED_FILES:
+        if required not in files:
+            problems.append(f"{required} is missing")
+    try:
+        manifest = json.loads((directory / names.MODEL_MANIFEST_FILE).read_text())
+        listed = manifest["files"]
+    except FileNotFoundError:
+        return [*problems, f"{names.MODEL_MANIFEST_FILE} is missing"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return [*problems, f"{names.MODEL_MANIFEST_FILE} is unreadable: {exc}"]
+    for name, digest in sorted(listed.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is in the manifest but missing")
+        elif file_sha256(path) != digest:
+            problems.append(f"{name} does not match its sha256 in the manifest")
+    unlisted = set(files) - set(listed) - {names.MODEL_MANIFEST_FILE, names.SUCCESS_MARKER}
+    problems += [f"{name} is not in the manifest" for name in sorted(unlisted)]
+    return problems
