@@ -83,7 +83,7 @@ def planner_training():
         run_id = training_run_id(context["dag_run"].run_after)
         options = trainer_options(dataset_uri, storage.models_root(), run_id, params)
         return {"dataset_version": version, "dataset_uri": dataset_uri, "training_run_id": run_id,
-                "model_uri": f"{storage.models_root()}/{run_id}", "options": options, "argv": trainer_argv(options)}
+                "model_uri": storage.join(storage.models_root(), run_id), "options": options, "argv": trainer_argv(options)}
 
     @task.branch(retries=0)
     def choose_backend() -> str:
@@ -111,12 +111,10 @@ def planner_training():
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.core import storage
-        from include.training.cli import MANIFEST_FILE
-
         uri = inputs["model_uri"]
         if not storage.is_complete(uri):
             raise AirflowFailException(f"training finished but {uri} has no {names.SUCCESS_MARKER}")
-        manifest = json.loads(storage.read_text(uri, MANIFEST_FILE))
+        manifest = json.loads(storage.read_text(uri, names.MODEL_MANIFEST_FILE))
         extra = {"model_path": uri, "training_run_id": manifest["training_run_id"],
                  "mlflow_run_id": manifest["mlflow_run_id"], "dataset_version": manifest["dataset_version"]}
         get_current_context()["outlet_events"][MODEL_ARTIFACTS_ASSET].extra = extra

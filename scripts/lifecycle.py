@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if not new_models:
         print(f"\nFAILED: {names.DAG_TRAINING} published no complete model; see {log_path}", file=sys.stderr)
         return 1
-    manifest = json.loads((Path(storage.models_root()) / new_models[-1] / "training_manifest.json").read_text())
+    manifest = json.loads((Path(storage.models_root()) / new_models[-1] / names.MODEL_MANIFEST_FILE).read_text())
     metrics = manifest["final_metrics"]
     _step(f"model {manifest['training_run_id']} published at {storage.models_root()}/{new_models[-1]}")
     print(f"    validation AUC {metrics['val_auc']:.3f} (keep-rate baseline {metrics['baseline_val_auc']:.3f}), "

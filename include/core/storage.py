@@ -19,20 +19,20 @@ from include.core.config import settings
 STAGING_DIR = "_staging"
 
 
-def _join(root: str, *parts: str) -> str:
+def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
 def datasets_root(root: str | None = None) -> str:
-    return _join(root or settings().storage_root, "datasets", names.DATASET_NAME)
+    return join(root or settings().storage_root, "datasets", names.DATASET_NAME)
 
 
 def dataset_uri(version: str, root: str | None = None) -> str:
-    return _join(datasets_root(root), version)
+    return join(datasets_root(root), version)
 
 
 def models_root(root: str | None = None) -> str:
-    return _join(root or settings().storage_root, "models", names.REGISTERED_MODEL_NAME)
+    return join(root or settings().storage_root, "models", names.REGISTERED_MODEL_NAME)
 
 
 def is_local(uri: str) -> bool:
@@ -41,13 +41,6 @@ def is_local(uri: str) -> bool:
 
 def local_path(uri: str) -> Path:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-
-
-def _fs(uri: str):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    return fs, path
 
 
 def new_staging_dir(final_uri: str) -> Path:
@@ -65,19 +58,27 @@ def new_staging_dir(final_uri: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{token}-"))
 
 
+def filesystem(uri: str):
+    """(fsspec filesystem, path) for any root: local paths, file://, s3://, memory://, ..."""
+    import fsspec
+
+    if is_local(uri):
+        return fsspec.filesystem("file"), str(local_path(uri))
+    return fsspec.core.url_to_fs(uri)
+
+
 def is_complete(uri: str) -> bool:
     """A version is complete when its `_SUCCESS` marker exists (written last)."""
-    if is_local(uri):
-        return (local_path(uri) / names.SUCCESS_MARKER).is_file()
-    fs, path = _fs(uri)
-    return fs.exists(_join(path, names.SUCCESS_MARKER))
+    fs, path = filesystem(uri)
+    return fs.isfile(join(path, names.SUCCESS_MARKER))
 
 
 def publish_dir(staging: Path, final_uri: str) -> str:
     """Publish a fully written staging directory as `final_uri`, `_SUCCESS` last.
 
-    Re-publishing a version replaces it whole; the previous content is removed only after
-    the new one is in place.
+    Re-publishing a version replaces it whole. Locally the new directory is renamed into
+    place before the old one is deleted; on object storage the old marker and files are
+    removed first, so readers see "incomplete" until the new `_SUCCESS` lands.
     """
     marker = staging / names.SUCCESS_MARKER
     if marker.exists():
@@ -96,14 +97,14 @@ def publish_dir(staging: Path, final_uri: str) -> str:
             shutil.rmtree(old, ignore_errors=True)
         return str(final)
 
-    fs, path = _fs(final_uri)
-    remote_marker = _join(path, names.SUCCESS_MARKER)
+    fs, path = filesystem(final_uri)
+    remote_marker = join(path, names.SUCCESS_MARKER)
     if fs.exists(remote_marker):
         fs.rm(remote_marker)
     if fs.exists(path):
         fs.rm(path, recursive=True)
     for file in sorted(p for p in staging.rglob("*") if p.is_file()):
-        fs.put_file(str(file), _join(path, file.relative_to(staging).as_posix()))
+        fs.put_file(str(file), join(path, file.relative_to(staging).as_posix()))
     fs.pipe_file(remote_marker, b"")
     shutil.rmtree(staging, ignore_errors=True)
     return final_uri
@@ -115,28 +116,14 @@ def discard_staging(staging: Path) -> None:
 
 def newest_complete_child(uri: str) -> str | None:
     """Name of the newest (by name) complete version directly under `uri`, if any."""
-    if not is_local(uri):
-        fs, path = _fs(uri)
-        children = sorted((p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)), reverse=True) \
-            if fs.exists(path) else []
-    else:
-        base = local_path(uri)
-        children = sorted((p.name for p in base.iterdir() if p.is_dir()), reverse=True) if base.is_dir() else []
-    for name in children:
-        if not name.startswith("_") and is_complete(_join(uri, name)):
+    fs, path = filesystem(uri)
+    children = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.isdir(path) else []
+    for name in sorted(children, reverse=True):
+        if not name.startswith("_") and is_complete(join(uri, name)):
             return name
     return None
 
 
-def filesystem(uri: str):
-    """(fsspec filesystem, path) for any root: local paths, file://, s3://, memory://, ..."""
-    if is_local(uri):
-        import fsspec
-
-        return fsspec.filesystem("file"), str(local_path(uri))
-    return _fs(uri)
-
-
 def read_text(uri: str, name: str) -> str:
     fs, path = filesystem(uri)
-    return fs.cat_file(_join(path, name)).decode()
+    return fs.cat_file(join(path, name)).decode()

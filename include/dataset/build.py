@@ -19,6 +19,7 @@ from include.dataset.summary import render_summary
 from include.dataset.window import Window, partition_bounds
 
 USED_EVENT_TYPES = ("plan_generated", "plan_accepted")
+ROW_GROUP_SIZE = 50_000
 
 
 def sql_text(name: str) -> str:
@@ -161,9 +162,6 @@ def count_outcomes(n_rows: int, quarantine, window_counts: dict, max_bad_share: 
         "bad_share": round(bad_share, 6),
         "max_bad_share": max_bad_share,
     }
-
-
-ROW_GROUP_SIZE = 50_000
 
 
 def write_parquet(table, path: Path) -> None:

@@ -12,7 +12,7 @@ BACKENDS = ("kubernetes", "databricks", "local")
 
 def training_run_id(when: datetime) -> str:
     """Seed 002's format from the DAG run's time: a retry of the same run gets the same id."""
-    return f"{names.REGISTERED_MODEL_NAME}-v{when.astimezone(UTC):%Y%m%d_%H%M%S}"
+    return when.astimezone(UTC).strftime(names.TRAINING_RUN_ID_FORMAT)
 
 
 def trainer_options(dataset_uri: str, output_root: str, run_id: str, params: dict) -> dict[str, str]:

@@ -28,8 +28,6 @@ from include.training.examples import (
 
 log = logging.getLogger("planner.train")
 
-RUN_ID_PATTERN = re.compile(rf"^{names.REGISTERED_MODEL_NAME}-v\d{{8}}_\d{{6}}$")
-MANIFEST_FILE = names.MODEL_MANIFEST_FILE
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     args = parser.parse_args(argv)
-    if not RUN_ID_PATTERN.match(args.training_run_id):
+    if not re.match(names.TRAINING_RUN_ID_PATTERN, args.training_run_id):
         parser.error(f"--training-run-id must look like {names.REGISTERED_MODEL_NAME}-vYYYYMMDD_HHMMSS")
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -95,9 +93,9 @@ def write_manifest(directory: Path, content: dict) -> dict:
     from include.core.hashing import file_sha256
 
     files = {p.relative_to(directory).as_posix(): file_sha256(p)
-             for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in (MANIFEST_FILE, names.SUCCESS_MARKER)}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in (names.MODEL_MANIFEST_FILE, names.SUCCESS_MARKER)}
     manifest = {**content, "files": files}
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (directory / names.MODEL_MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
@@ -118,6 +116,10 @@ def _device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+def model_uri(args: argparse.Namespace) -> str:
+    return storage.join(args.output_root, args.training_run_id)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -147,7 +149,7 @@ def train(args: argparse.Namespace) -> dict:
              "val_share": args.val_share, "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
              "base_model": args.base_model, "device": device}
 
-    final_uri = f"{args.output_root.rstrip('/')}/{args.training_run_id}"
+    final_uri = model_uri(args)
     staging = storage.new_staging_dir(final_uri)
     try:
         experiment_id = ensure_experiment(names.EXPERIMENT_TRAINING)
@@ -174,7 +176,7 @@ def train(args: argparse.Namespace) -> dict:
                 "dataset_version": version, "dataset_uri": args.dataset_uri, "base_model": args.base_model,
                 "training_cutoff": cutoff.isoformat(), "hyperparameters": hyper, "final_metrics": final,
                 "torch_version": torch.__version__})
-            mlflow.log_dict(manifest, MANIFEST_FILE)
+            mlflow.log_dict(manifest, names.MODEL_MANIFEST_FILE)
     except BaseException:
         storage.discard_staging(staging)
         raise
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    final_uri = f"{args.output_root.rstrip('/')}/{args.training_run_id}"
+    final_uri = model_uri(args)
     if storage.is_complete(final_uri):
         print(f"{final_uri} is already complete: nothing to train (a retry of a finished run)")
         return 0

@@ -84,7 +84,7 @@ def test_training_publishes_a_complete_reloadable_model_and_a_retry_reuses_it(pu
     assert _run(published_dataset, out, run_id) == 0
     model_dir = out / run_id
     assert storage.is_complete(str(model_dir))
-    manifest = json.loads((model_dir / cli.MANIFEST_FILE).read_text())
+    manifest = json.loads((model_dir / names.MODEL_MANIFEST_FILE).read_text())
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(manifest["files"])
     for name, digest in manifest["files"].items():
         assert file_sha256(model_dir / name) == digest
@@ -125,7 +125,7 @@ def test_cpu_training_is_deterministic_for_a_seed(published_dataset, tmp_path):
     runs = ["planner_acceptance-v20261123_000010", "planner_acceptance-v20261123_000011"]
     for run_id in runs:
         assert _run(published_dataset, out, run_id, "--seed", "3") == 0
-    first, second = (json.loads((out / r / cli.MANIFEST_FILE).read_text()) for r in runs)
+    first, second = (json.loads((out / r / names.MODEL_MANIFEST_FILE).read_text()) for r in runs)
     assert first["files"]["model.safetensors"] == second["files"]["model.safetensors"]
     assert first["final_metrics"]["val_auc"] == second["final_metrics"]["val_auc"]
 
@@ -152,7 +152,7 @@ def test_training_reads_and_publishes_on_object_storage(published_dataset):
         assert cli.main(["--dataset-uri", f"memory://bucket/datasets/planner/{source.name}",
                          "--output-root", "memory://bucket/models", "--training-run-id", run_id, *SMALL]) == 0
         assert storage.is_complete(f"memory://bucket/models/{run_id}")
-        manifest = json.loads(storage.read_text(f"memory://bucket/models/{run_id}", cli.MANIFEST_FILE))
+        manifest = json.loads(storage.read_text(f"memory://bucket/models/{run_id}", names.MODEL_MANIFEST_FILE))
         assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json"}
         assert manifest["dataset_uri"] == f"memory://bucket/datasets/planner/{source.name}"
     finally:

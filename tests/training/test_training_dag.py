@@ -122,7 +122,7 @@ def test_a_local_training_run_through_the_dag_publishes_the_model_and_emits_the_
         extra = dict(event.extra)
     model_path = extra["model_path"]
     assert storage.is_complete(model_path) and model_path.startswith(storage.models_root(root))
-    manifest = json.loads((Path(model_path) / cli.MANIFEST_FILE).read_text())
+    manifest = json.loads((Path(model_path) / names.MODEL_MANIFEST_FILE).read_text())
     assert extra == {"model_path": model_path, "training_run_id": manifest["training_run_id"],
                      "mlflow_run_id": manifest["mlflow_run_id"], "dataset_version": "2026-11-23"}
     assert manifest["training_run_id"].startswith("planner_acceptance-v")
@@ -162,5 +162,5 @@ def test_dataset_dag_then_training_dag_on_the_version_it_built(training_dag, tra
     inputs = next(ti for ti in run.get_task_instances() if ti.task_id == "resolve_inputs").xcom_pull(
         task_ids="resolve_inputs")
     assert inputs["dataset_uri"] == storage.dataset_uri("2026-11-23") and str(tmp_path) in inputs["dataset_uri"]
-    manifest = json.loads(storage.read_text(inputs["model_uri"], cli.MANIFEST_FILE))
+    manifest = json.loads(storage.read_text(inputs["model_uri"], names.MODEL_MANIFEST_FILE))
     assert manifest["dataset_uri"] == inputs["dataset_uri"] and manifest["dataset_version"] == "2026-11-23"
