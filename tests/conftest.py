@@ -127,3 +127,38 @@ def published_dataset(training_events_dsn, tmp_path_factory) -> str:
     finally:
         os.environ["PLANNER_STORAGE_ROOT"] = previous or ""
     return published["uri"]
+
+
+@pytest.fixture(scope="session")
+def trained_model(published_dataset, tmp_path_factory) -> Path:
+    """A real model directory, published by the trainer (small and quick), to copy from."""
+    from include.core import names
+    from include.training import cli
+
+    out = tmp_path_factory.mktemp("trained") / "models" / names.REGISTERED_MODEL_NAME
+    run_id = "planner_acceptance-v20261123_010203"
+    code = cli.main(["--dataset-uri", published_dataset, "--output-root", str(out), "--training-run-id", run_id,
+                     "--epochs", "2", "--max-rows", "1500", "--batch-size", "32"])
+    assert code == 0
+    return out / run_id
+
+
+@pytest.fixture()
+def fresh_mlflow(tmp_path, monkeypatch) -> str:
+    """An MLflow backend store and artifact root of this test's own (a real SQLite registry)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PLANNER_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlflow" / "artifacts"))
+    return uri
+
+
+@pytest.fixture()
+def model_in_storage(trained_model, storage_root) -> Path:
+    """A copy of the trained model under this test's storage root, where registration may read it."""
+    import shutil
+
+    from include.core import names
+
+    target = storage_root / "models" / names.REGISTERED_MODEL_NAME / trained_model.name
+    shutil.copytree(trained_model, target)
+    return target

@@ -18,6 +18,7 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
@@ -92,4 +93,22 @@ def training_settings() -> TrainingSettings:
             "custom_tags": {"ResourceClass": "SingleNode", "project": "planner"}}))),
         trainer_wheel=_env("PLANNER_TRAINER_WHEEL",
                            "/Volumes/ml/planner/wheels/planner_trainer-0.1.0-py3-none-any.whl"),
+    )
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """How long registration waits for a model directory, and how it retries the registry."""
+    poke_interval_s: int       # the sensor's check interval (reschedule mode: no worker slot held between)
+    wait_timeout_s: int        # give up waiting for _SUCCESS and the manifest after this long
+    register_retries: int      # Airflow retries of register_model (an unreachable registry)
+    register_retry_delay_s: int
+
+
+def registration_settings() -> RegistrationSettings:
+    return RegistrationSettings(
+        poke_interval_s=int(_env("PLANNER_ARTIFACT_POKE_INTERVAL_S", "60")),
+        wait_timeout_s=int(_env("PLANNER_ARTIFACT_WAIT_TIMEOUT_S", str(6 * 3600))),
+        register_retries=int(_env("PLANNER_REGISTER_RETRIES", "3")),
+        register_retry_delay_s=int(_env("PLANNER_REGISTER_RETRY_DELAY_S", "60")),
     )

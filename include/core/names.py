@@ -43,4 +43,7 @@ DATASET_COUNTS_FILE = "counts.json"
 
 # Files of a published model directory (DESIGN §3).
 MODEL_MANIFEST_FILE = "training_manifest.json"
-MODEL_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+# The recipe catalogue the model was trained with: the served model turns rows into text with it.
+MODEL_RECIPES_FILE = "recipes.parquet"
+MODEL_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                        MODEL_RECIPES_FILE)

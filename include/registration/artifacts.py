@@ -18,11 +18,13 @@ class ModelPathError(ValueError):
     """The model path is not one registration may read; the message says why."""
 
 
-def resolve_model_path(model_path: str, models_root: str) -> Path:
+def resolve_model_path(model_path: str, models_root: str, must_exist: bool = True) -> Path:
     """The real directory of `model_path` if it lies inside the local models root.
 
-    Refuses other schemes, relative paths, `..` segments and anything that resolves (through
-    symlinks) outside the root.
+    Refuses other schemes, `..` segments and anything that resolves (through symlinks)
+    outside the root; a relative path is taken relative to the root. With `must_exist`
+    false, a directory that training has not published yet is accepted (a sensor waits
+    for it), but never a file.
     """
     if not model_path or not model_path.strip():
         raise ModelPathError("model_path is empty")
@@ -38,9 +40,42 @@ def resolve_model_path(model_path: str, models_root: str) -> Path:
     if resolved == root or root not in resolved.parents:
         raise ModelPathError(f"model_path {model_path!r} resolves to {resolved}, which is not inside the models "
                              f"root {root}")
-    if not resolved.is_dir():
+    if (must_exist or resolved.exists()) and not resolved.is_dir():
         raise ModelPathError(f"model_path {model_path!r} is not a directory")
     return resolved
+
+
+def load_problems(directory: Path) -> list[str]:
+    """What stops the model, its tokenizer or its recipe catalogue from loading (empty: they load
+    and score one example)."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    problems = []
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+        problems.append(f"the tokenizer does not load: {exc}")
+        tokenizer = None
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True).eval()
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"the model does not load: {exc}")
+        model = None
+    if tokenizer is not None and model is not None:
+        try:
+            with torch.inference_mode():
+                logits = model(**tokenizer(["workflow weekly"], ["cuisine any"], return_tensors="pt")).logits
+            if tuple(logits.shape) != (1, 2):
+                problems.append(f"the model returns logits of shape {tuple(logits.shape)}, not (1, 2)")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"the model does not score an example: {exc}")
+    try:
+        pq.read_schema(directory / names.MODEL_RECIPES_FILE)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"{names.MODEL_RECIPES_FILE} does not read: {exc}")
+    return problems
 
 
 def artifact_problems(directory: Path) -> list[str]:

@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from include.core import names, storage
@@ -58,8 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_dataset(uri: str, holdout_days: int, max_rows: int) -> tuple[list[dict], dict, datetime, str]:
-    """(rows before the cutoff, recipe index, cutoff, version); DatasetError on anything unusable."""
+def load_dataset(uri: str, holdout_days: int, max_rows: int):
+    """(rows before the cutoff, recipe table, cutoff, version); DatasetError on anything unusable."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -84,7 +83,7 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int) -> tuple[list[dict]
         table = table.slice(0, max_rows)
     if table.num_rows == 0:
         raise DatasetError(f"dataset {uri} has no rows accepted before the training cutoff {cutoff.isoformat()}")
-    recipes = recipe_index(pq.read_table(f"{path.rstrip('/')}/{names.DATASET_RECIPES_FILE}", filesystem=fs).to_pylist())
+    recipes = pq.read_table(f"{path.rstrip('/')}/{names.DATASET_RECIPES_FILE}", filesystem=fs)
     return table.to_pylist(), recipes, cutoff, version
 
 
@@ -124,13 +123,14 @@ def model_uri(args: argparse.Namespace) -> str:
 
 def train(args: argparse.Namespace) -> dict:
     import mlflow
+    import pyarrow.parquet as pq
     import torch
 
     from include.core.tracking import ensure_experiment
     from include.training import modeling
 
-    rows, recipes, cutoff, version = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
-    examples = examples_from_rows(rows, recipes)
+    rows, recipe_table, cutoff, version = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
+    examples = examples_from_rows(rows, recipe_index(recipe_table.to_pylist()))
     train_set, val_set = split_by_household(examples, args.val_share, args.seed)
     if not train_set or not val_set or len({e.label for e in val_set}) < 2:
         raise DatasetError(f"dataset {args.dataset_uri}: too few rows to train and validate "
@@ -171,6 +171,7 @@ def train(args: argparse.Namespace) -> dict:
                 model = model.merge_and_unload()
             model.to("cpu").save_pretrained(staging)
             tokenizer.save_pretrained(staging)
+            pq.write_table(recipe_table, staging / names.MODEL_RECIPES_FILE)
             manifest = write_manifest(staging, {
                 "training_run_id": args.training_run_id, "mlflow_run_id": run.info.run_id,
                 "dataset_version": version, "dataset_uri": args.dataset_uri, "base_model": args.base_model,

@@ -1,0 +1,137 @@
+"""
+### planner_registration: register a trained model in the MLflow Model Registry, once
+
+Runs when training publishes a model directory (the `planner.model_artifacts` Asset) and from
+the trigger form with a `model_path` (any run directory under the models root: seed 000's
+custom model path). Training and registration are decoupled: registration takes minutes, is
+safe to rerun, and never trains.
+
+1. `resolve_model_path`: the path must lie inside the models root (no `..`, no symlink escape,
+   no other scheme), else the run fails here with the reason.
+2. `wait_for_artifacts`: a sensor in reschedule mode (no worker slot held between checks) until
+   the directory has `_SUCCESS` and its manifest.
+3. `verify_artifacts`: every manifest file present with its sha256, the model, tokenizer and
+   recipe catalogue load and score; a bad directory fails with the list of what is wrong.
+4. `register_model`: one version of `planner_acceptance` per training run, tagged with the
+   training run id, dataset version, manifest digest and MLflow training run; alias
+   `challenger`. A rerun, a retry or two runs at once leave exactly one version. Emits the
+   `planner.registered_model` Asset.
+
+**Fixed something? Rerun only the registration** (no training is paid for again):
+Grid view -> the run -> `register_model` -> *Clear task* (downstream off); or
+`airflow tasks clear planner_registration -t register_model -s <date> -e <date> -y`; or
+`POST /api/v2/dags/planner_registration/clearTaskInstances` with `{"task_ids": ["register_model"],
+"dag_run_id": "<run id>", "only_failed": false}`.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.core import names
+from include.core.assets import MODEL_ARTIFACTS_ASSET, REGISTERED_MODEL_ASSET
+from include.core.config import registration_settings
+
+SETTINGS = registration_settings()
+
+
+@dag(
+    dag_id=names.DAG_REGISTRATION,
+    schedule=[MODEL_ARTIFACTS_ASSET],
+    start_date=datetime(2026, 1, 5),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["planner", "registration", "mlflow"],
+    default_args={"owner": "ml-platform", "retries": 0},
+    params={
+        "model_path": Param(None, type=["null", "string"], title="Model path",
+                            description="A run directory under the models root (absolute, or relative to the "
+                                        "root, e.g. planner_acceptance-v20261123_000000). Empty: the model "
+                                        "the triggering training run published."),
+    },
+)
+def planner_registration():
+    @task
+    def resolve_model_path() -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.core import storage
+        from include.registration.artifacts import ModelPathError, resolve_model_path
+
+        context = get_current_context()
+        given = context["params"]["model_path"]
+        if not given:
+            events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
+            paths = [e.extra["model_path"] for e in events if (e.extra or {}).get("model_path")]
+            if not paths:
+                raise AirflowFailException("no model_path: give one in the trigger form, or let training's "
+                                           f"{names.ASSET_MODEL_ARTIFACTS} Asset event start this DAG")
+            given = paths[-1]
+        root = storage.models_root()
+        if not storage.is_local(root):
+            raise AirflowFailException(f"the models root {root} is not a local or mounted path; registration "
+                                       "reads model directories from one (mount the bucket, e.g. with a CSI driver)")
+        try:
+            return str(resolve_model_path(given, storage.local_path(root).as_posix(), must_exist=False))
+        except ModelPathError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task.sensor(poke_interval=SETTINGS.poke_interval_s, timeout=SETTINGS.wait_timeout_s, mode="reschedule")
+    def wait_for_artifacts(model_path: str):
+        from pathlib import Path
+
+        from airflow.sdk import PokeReturnValue
+
+        directory = Path(model_path)
+        done = (directory / names.SUCCESS_MARKER).is_file() and (directory / names.MODEL_MANIFEST_FILE).is_file()
+        return PokeReturnValue(is_done=done, xcom_value=model_path)
+
+    @task
+    def verify_artifacts(model_path: str) -> dict:
+        import json
+        from pathlib import Path
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.core import storage
+        from include.registration.artifacts import (
+            ModelPathError,
+            artifact_problems,
+            load_problems,
+            resolve_model_path,
+        )
+
+        try:  # again: the directory may have changed (a symlink swapped in) since the first check
+            directory = resolve_model_path(model_path, storage.local_path(storage.models_root()).as_posix())
+        except ModelPathError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        problems = artifact_problems(directory)
+        if not problems:
+            problems = load_problems(directory)
+        if problems:
+            raise AirflowFailException(f"{directory} cannot be registered:\n- " + "\n- ".join(problems))
+        manifest = json.loads((Path(directory) / names.MODEL_MANIFEST_FILE).read_text())
+        return {"model_path": str(directory), "training_run_id": manifest["training_run_id"],
+                "dataset_version": manifest.get("dataset_version")}
+
+    @task(retries=SETTINGS.register_retries, retry_delay=timedelta(seconds=SETTINGS.register_retry_delay_s),
+          retry_exponential_backoff=2.0, outlets=[REGISTERED_MODEL_ASSET])
+    def register_model(verified: dict) -> dict:
+        from pathlib import Path
+
+        from include.registration.registry import register
+
+        registration = register(Path(verified["model_path"]))
+        print(f"{'registered' if registration.created else 'already registered'}: "
+              f"{registration.model_name} version {registration.version} ({registration.training_run_id}); "
+              f"alias {names.CHALLENGER_ALIAS}")
+        extra = {"model_name": registration.model_name, "model_version": registration.version,
+                 "training_run_id": registration.training_run_id, "dataset_version": registration.dataset_version}
+        get_current_context()["outlet_events"][REGISTERED_MODEL_ASSET].extra = extra
+        return registration.as_dict()
+
+    register_model(verify_artifacts(wait_for_artifacts(resolve_model_path())))
+
+
+planner_registration()

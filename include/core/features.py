@@ -1,0 +1,71 @@
+"""The model's input contract: a dataset row's `input` and a recipe -> the two texts it reads.
+
+Shared by the trainer (to learn) and the registered model (to serve), so that both see the
+same text for the same row; it lives in the core because no phase may import another. Pure
+functions, standard library only: the registered model carries this file with it.
+
+The context is only what the row's `input` holds (the state as of the plan time), so nothing
+learned here can come from after the plan. Derived tokens (pantry overlap, prep time and
+cost against the constraints, preference matches, excluded ingredients) are computed from
+that same context, as the serving side can.
+"""
+from __future__ import annotations
+
+import json
+
+# A recipe the catalogue does not know (new since the model's dataset) still gets a text:
+# the model scores it from the context alone instead of failing the whole request.
+UNKNOWN_RECIPE = {"recipe_id": "unknown", "cuisine": "unknown", "prep_time": 0, "cost": 0.0,
+                  "ingredients": [], "tags": []}
+
+
+def _words(values) -> str:
+    return " ".join(str(v).replace(" ", "_") for v in values)
+
+
+def _bucket(value: float, edges: list[float]) -> int:
+    return sum(value > edge for edge in edges)
+
+
+def context_text(context: dict) -> str:
+    household, constraints = context["household"], context["constraints"]
+    pantry = sorted(item["name"] for item in context["pantry"]["items"])
+    return (f"workflow {context.get('workflow_type')} mode {context.get('mode')} "
+            f"size {household.get('size')} prefers {_words(household.get('preferences') or [])} "
+            f"restrictions {_words(household.get('restrictions') or []) or 'none'} "
+            f"budget {_bucket(float(constraints.get('budget') or 0), [50, 100, 150, 200, 300])} "
+            f"maxprep {constraints.get('max_prep_time')} "
+            f"excluded {_words(constraints.get('excluded_ingredients') or []) or 'none'} "
+            f"pantry {_words(pantry)}")
+
+
+def meal_text(recipe: dict, context: dict) -> str:
+    household, constraints = context["household"], context["constraints"]
+    ingredients = set(recipe["ingredients"])
+    tags = set(recipe["tags"]) | {recipe["cuisine"]}
+    pantry = {item["name"] for item in context["pantry"]["items"]}
+    size = household.get("size") or 1
+    per_meal_budget = float(constraints.get("budget") or 0) / 7 or 1.0
+    cost_ratio = float(recipe["cost"]) * size / per_meal_budget
+    prep_over = (recipe["prep_time"] or 0) - (constraints.get("max_prep_time") or 0)
+    excluded_hits = ingredients & set(constraints.get("excluded_ingredients") or [])
+    return (f"cuisine {recipe['cuisine']} tags {_words(sorted(tags))} ingredients {_words(sorted(ingredients))} "
+            f"pantry_overlap {round(4 * len(ingredients & pantry) / max(len(ingredients), 1))} "
+            f"prep_over {_bucket(prep_over, [0, 10, 20, 40])} cost_ratio {_bucket(cost_ratio, [0.8, 1.0, 1.3, 1.8])} "
+            f"pref_match {len(tags & set(household.get('preferences') or []))} "
+            f"excluded_hit {'yes' if excluded_hits else 'no'}")
+
+
+def recipe_index(recipe_rows: list[dict]) -> dict[str, dict]:
+    """recipe_id (lower case) -> recipe, from rows of a dataset's recipes.parquet."""
+    index = {}
+    for row in recipe_rows:
+        index[row["recipe_id"].lower()] = {**row, "ingredients": json.loads(row["ingredients"]),
+                                           "tags": json.loads(row["tags"])}
+    return index
+
+
+def proposed_meals(row_input: str | dict) -> tuple[dict, list[dict]]:
+    """(context, proposed meals) of a row's `input`, which is JSON text in the dataset."""
+    context = json.loads(row_input) if isinstance(row_input, str) else row_input
+    return context, context["proposed_plan"]["meals"]

@@ -1,0 +1,126 @@
+"""planner_registration as real DAG runs (dag.test) against a real MLflow registry: a good
+model directory is registered once and the Asset says which version; every bad input is
+rejected with its reason and registers nothing."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from include.core import names
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def registration_dag(airflow_db, monkeypatch):
+    """The DAG parsed with a short sensor timeout, so a directory that never completes fails fast."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PLANNER_ARTIFACT_POKE_INTERVAL_S", "1")
+    monkeypatch.setenv("PLANNER_ARTIFACT_WAIT_TIMEOUT_S", "4")
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "planner_registration.py"))
+    assert bag.import_errors == {}
+    return bag.dags[names.DAG_REGISTRATION]
+
+
+def run_output(capfd) -> str:
+    """What the run's tasks printed and logged (dag.test runs them in this process)."""
+    captured = capfd.readouterr()
+    return captured.out + captured.err
+
+
+def _registered_versions() -> list:
+    import mlflow
+
+    from include.core.tracking import configure_mlflow
+
+    configure_mlflow()
+    return mlflow.MlflowClient().search_model_versions(f"name = '{names.REGISTERED_MODEL_NAME}'")
+
+
+@pytest.mark.e2e
+def test_a_model_directory_is_registered_once_and_the_asset_names_the_version(
+        registration_dag, fresh_mlflow, model_in_storage, capfd):
+    import mlflow
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    run = registration_dag.test(run_conf={"model_path": model_in_storage.name})  # relative to the models root
+
+    assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert [str(v.version) for v in _registered_versions()] == ["1"]
+    with create_session() as session:
+        event = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                .where(AssetModel.name == names.ASSET_REGISTERED_MODEL)
+                                .order_by(AssetEvent.id.desc())).first()
+        extra = dict(event.extra)
+    manifest = json.loads((model_in_storage / names.MODEL_MANIFEST_FILE).read_text())
+    assert extra == {"model_name": names.REGISTERED_MODEL_NAME, "model_version": "1",
+                     "training_run_id": manifest["training_run_id"], "dataset_version": manifest["dataset_version"]}
+
+    capfd.readouterr()
+    again = registration_dag.test(run_conf={"model_path": str(model_in_storage)})
+
+    assert again.state == "success"
+    assert [str(v.version) for v in _registered_versions()] == ["1"]
+    assert "already registered" in run_output(capfd)
+    alias = mlflow.MlflowClient().get_model_version_by_alias(names.REGISTERED_MODEL_NAME, names.CHALLENGER_ALIAS)
+    assert str(alias.version) == "1"
+
+
+def _tamper(directory: Path) -> None:
+    (directory / "model.safetensors").write_bytes((directory / "model.safetensors").read_bytes()[:-8] + b"\0" * 8)
+
+
+BAD_INPUTS = {
+    "traversal": ("{root}/planner_acceptance-v20261123_010203/../../../etc", "resolve_model_path", "contains '..'"),
+    "foreign_path": ("/etc", "resolve_model_path", "not inside the models root"),
+    "other_scheme": ("s3://bucket/models/planner_acceptance/x", "resolve_model_path", "not other schemes"),
+    "symlink_escape": ("escape", "resolve_model_path", "not inside the models root"),
+    "missing_success": ("{model}", "wait_for_artifacts", "Sensor has timed out"),
+    "empty_directory": ("{root}/planner_acceptance-v20261124_000000", "wait_for_artifacts", "Sensor has timed out"),
+    "hash_differs": ("{model}", "verify_artifacts", "model.safetensors does not match its sha256"),
+    "missing_tokenizer": ("{model}", "verify_artifacts", "tokenizer.json is missing"),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_rejected_with_its_reason_and_nothing_is_registered(
+        registration_dag, fresh_mlflow, model_in_storage, tmp_path, case, capfd):
+    model_path, failing_task, reason = BAD_INPUTS[case]
+    root = model_in_storage.parent
+    if case == "missing_success":
+        (model_in_storage / names.SUCCESS_MARKER).unlink()
+    elif case == "empty_directory":
+        (root / "planner_acceptance-v20261124_000000").mkdir()
+    elif case == "hash_differs":
+        _tamper(model_in_storage)
+    elif case == "missing_tokenizer":
+        (model_in_storage / "tokenizer.json").unlink()
+    elif case == "symlink_escape":
+        outside = tmp_path / "outside"
+        shutil.copytree(model_in_storage, outside)
+        (root / "escape").symlink_to(outside)
+
+    run = registration_dag.test(run_conf={"model_path": model_path.format(root=root, model=model_in_storage)})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed"
+    assert states[failing_task] == "failed", states
+    assert states["register_model"] == "upstream_failed"
+    assert reason in run_output(capfd)
+    assert _registered_versions() == []
+
+
+@pytest.mark.e2e
+def test_without_a_path_or_an_asset_event_the_run_says_what_is_missing(registration_dag, fresh_mlflow, storage_root,
+                                                                       capfd):
+    run = registration_dag.test()
+
+    assert run.state == "failed"
+    assert "no model_path" in run_output(capfd)
