@@ -1,0 +1,221 @@
+"""Airflow's services on loopback (api-server, scheduler, dag-processor, triggerer; LocalExecutor)
+and a small client for the REST API they serve: what the lifecycle command, the local UI and
+the end-to-end tests drive, exactly as a user's browser or script would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
+    """The settings every service process must share (one home, one JWT secret, one API URL)."""
+    env = dict(base)
+    secret_file = home / "jwt_secret"
+    home.mkdir(parents=True, exist_ok=True)
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(32))
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text(),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
+    })
+    passwords = home / "simple_auth_manager_passwords.json"
+    if not passwords.exists():
+        passwords.write_text(json.dumps({"admin": "admin"}))
+    return env
+
+
+@dataclass
+class AirflowServices:
+    home: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        command = [str(Path(sys.executable).with_name("airflow")), *args]
+        result = subprocess.run(command, env=self.env, capture_output=True, text=True)
+        if check and result.returncode:
+            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        return result
+
+    def start(self, timeout: float = 120) -> AirflowServices:
+        self.env = service_env(self.env, self.home, self.port)
+        self.airflow("db", "migrate")
+        logs = self.home / "service-logs"
+        logs.mkdir(exist_ok=True)
+        for name in SERVICES:
+            args = ["api-server", "-H", "127.0.0.1", "-p", str(self.port)] if name == "api-server" else [name]
+            with open(logs / f"{name}.log", "ab") as out:
+                self.processes[name] = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("airflow")), *args], env=self.env, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"airflow {name} exited with {process.returncode}: see "
+                                       f"{self.home / 'service-logs' / (name + '.log')}")
+            try:
+                health = self.request("GET", "/api/v2/monitor/health", auth=False)
+                if health.get("scheduler", {}).get("status") == "healthy":
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"Airflow services not healthy after {timeout}s at {self.url}")
+
+    def stop(self) -> None:
+        import signal
+
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.processes.clear()
+
+    # --- REST -----------------------------------------------------------------------------
+    def token(self) -> str:
+        if self._token is None:
+            body = self.request("POST", "/auth/token", {"username": "admin", "password": "admin"}, auth=False)
+            self._token = body["access_token"]
+        return self._token
+
+    def request(self, method: str, path: str, body: dict | None = None, auth: bool = True):
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.request("GET", f"/api/v2/dags/{dag_id}")
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+            time.sleep(1)
+        raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s")
+
+    def unpause(self, dag_id: str) -> None:
+        self.wait_for_dag(dag_id)
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        from datetime import UTC, datetime
+
+        body = {"conf": conf or {}, "logical_date": datetime.now(UTC).isoformat()}
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {ti["task_id"]: ti for ti in body["task_instances"]}
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600, progress=None) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.run_state(dag_id, run_id)
+            if progress:
+                progress(dag_id, run_id, state)
+            if state in TERMINAL_RUN_STATES:
+                return state
+            time.sleep(2)
+        raise TimeoutError(f"{dag_id} run {run_id} not finished after {timeout}s")
+
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[str]:
+        body = {"dag_run_id": run_id, "task_ids": task_ids, "only_failed": False, "dry_run": False,
+                "include_downstream": False, "include_upstream": False, "reset_dag_runs": True}
+        cleared = self.request("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances", body)
+        return sorted(ti["task_id"] for ti in cleared["task_instances"])
+
+
+@dataclass
+class MlflowServer:
+    """An MLflow tracking server on loopback: SQLite backend store, artifacts written by clients
+    straight to a local root (the compose stack uses PostgreSQL and object storage instead)."""
+    root: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> MlflowServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", "1",
+                   "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                   "--default-artifact-root", str(self.root / "artifacts"), "--no-serve-artifacts"]
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+        with open(self.root / "server.log", "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: see {self.root / 'server.log'}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2):
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        raise TimeoutError(f"mlflow server not up after {timeout}s")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.process = None
