@@ -24,6 +24,7 @@ test: $(STAMP)  ## the whole test suite (real PostgreSQL, MLflow and Airflow run
 bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same run)
 	$(PY) -m bench.dataset_build
 	$(PY) -m bench.training_throughput
+	$(PY) -m bench.registration
 
 venv: $(STAMP)
 
