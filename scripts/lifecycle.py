@@ -1,9 +1,9 @@
 """`make lifecycle`: the model lifecycle on the embedded default (no Docker, no cluster).
 
-Today it covers the dataset and training phases: find PostgreSQL (or start the embedded one),
-generate weeks of product events, run `planner_dataset` and then `planner_training` (local
-backend) as real Airflow DAG runs, and show the dataset summary and the trained model's
-validation metrics. Safe to re-run: the data is regenerated from its seed, the dataset version
+Today it covers the dataset, training and registration phases: find PostgreSQL (or start the
+embedded one), generate weeks of product events, run `planner_dataset`, `planner_training`
+(local backend) and `planner_registration` as real Airflow DAG runs, and show the dataset
+summary, the trained model's validation metrics and its registered version. Safe to re-run: the data is regenerated from its seed, the dataset version
 is rewritten identically, and each run trains (and keeps) a model of its own.
 """
 from __future__ import annotations
@@ -41,6 +41,13 @@ def _tail(path: Path, lines: int = 40) -> str:
 def _complete_models() -> set[str]:
     root = Path(storage.models_root())
     return {p.name for p in root.iterdir() if storage.is_complete(str(p))} if root.is_dir() else set()
+
+
+def _registered_version(training_run_id: str) -> str | None:
+    from include.registration.registry import _client, versions_of
+
+    versions = versions_of(_client(), training_run_id)
+    return str(versions[0].version) if versions else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    validation AUC {metrics['val_auc']:.3f} (keep-rate baseline {metrics['baseline_val_auc']:.3f}), "
           f"accuracy {metrics['val_accuracy']:.3f}, trained on rows accepted before {manifest['training_cutoff']}")
     print(f"    MLflow run {manifest['mlflow_run_id']} (experiment {names.EXPERIMENT_TRAINING})")
+
+    model_path = f"{storage.models_root()}/{new_models[-1]}"
+    _step(f"running DAG {names.DAG_REGISTRATION} for {new_models[-1]}")
+    log_path = logs / f"{names.DAG_REGISTRATION}.log"
+    if _run_logged([AIRFLOW, "dags", "test", names.DAG_REGISTRATION, "-c", json.dumps({"model_path": model_path})],
+                   env, log_path):
+        print(f"\nFAILED: DAG {names.DAG_REGISTRATION}; last lines of {log_path}:\n{_tail(log_path)}", file=sys.stderr)
+        return 1
+    version = _registered_version(manifest["training_run_id"])
+    if version is None:
+        print(f"\nFAILED: {names.DAG_REGISTRATION} registered nothing; see {log_path}", file=sys.stderr)
+        return 1
+    _step(f"registered {names.REGISTERED_MODEL_NAME} version {version} (alias {names.CHALLENGER_ALIAS}): "
+          f"mlflow.pyfunc.load_model('models:/{names.REGISTERED_MODEL_NAME}@{names.CHALLENGER_ALIAS}')")
 
     print(f"\nMLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings().mlflow_tracking_uri}")
     print(f"done in {time.perf_counter() - started:.0f}s")

@@ -10,6 +10,7 @@ catalogue), so it loads without this repository.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import mlflow.models
@@ -22,36 +23,44 @@ OUTPUT_COLUMNS = ("plan_id", "meal_index", "day", "recipe_id", "recipe_known", "
 DEFAULT_BATCH_SIZE = 256
 
 
+def _forget_code_dir(model_artifact: Path) -> None:
+    """Take the model's `code` dir off sys.path once its module is imported: MLflow leaves it at
+    the front, where it would shadow this project's `include` package in any child process."""
+    code_dir = model_artifact.resolve().parents[1] / "code"
+    sys.path[:] = [entry for entry in sys.path if not entry or Path(entry).resolve() != code_dir]
+
+
 class PlannerAcceptanceModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import pyarrow.parquet as pq
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from include.core.features import recipe_index
+        from include.core import features  # resolved now, while MLflow has the model's code dir on sys.path
 
+        self.features = features
         directory = context.artifacts["model"]
+        _forget_code_dir(Path(directory))
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True).eval()
         self.kept_label = int(self.model.config.label2id.get("kept", 1))
-        self.recipes = recipe_index(pq.read_table(f"{directory}/recipes.parquet").to_pylist())
+        self.recipes = features.recipe_index(pq.read_table(f"{directory}/recipes.parquet").to_pylist())
         self.torch = torch
 
     def texts(self, rows) -> tuple[list[dict], list[str], list[str]]:
         """(one record per proposed meal, context texts, meal texts), in row order then meal order."""
-        from include.core.features import UNKNOWN_RECIPE, context_text, meal_text, proposed_meals
-
+        f = self.features
         records, contexts, meals = [], [], []
         for plan_id, row_input in zip(rows["plan_id"], rows["input"]):
-            context, proposed = proposed_meals(row_input)
-            ctx = context_text(context)
+            context, proposed = f.proposed_meals(row_input)
+            ctx = f.context_text(context)
             for index, meal in enumerate(proposed):
                 recipe_id = str(meal["recipe_id"]).lower()
                 recipe = self.recipes.get(recipe_id)
                 records.append({"plan_id": plan_id, "meal_index": index, "day": meal.get("day"),
                                 "recipe_id": recipe_id, "recipe_known": recipe is not None})
                 contexts.append(ctx)
-                meals.append(meal_text(recipe or UNKNOWN_RECIPE, context))
+                meals.append(f.meal_text(recipe or f.UNKNOWN_RECIPE, context))
         return records, contexts, meals
 
     def encode(self, contexts: list[str], meals: list[str]) -> list[list[int]]:

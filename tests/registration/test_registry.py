@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -41,6 +43,9 @@ def test_registered_model_loads_by_alias_and_scores_dataset_rows(fresh_mlflow, m
     rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 20).to_pandas()
     model = mlflow.pyfunc.load_model(f"models:/{names.REGISTERED_MODEL_NAME}@{names.CHALLENGER_ALIAS}")
     scores = model.predict(rows)  # every dataset column, as the dataset publishes them
+    # MLflow put the model's code dir first on sys.path; the model takes it off again, so the
+    # project's `include` is not shadowed in child processes.
+    assert not [entry for entry in sys.path if entry.endswith(f"{os.sep}code")]
 
     meals = sum(len(json.loads(i)["proposed_plan"]["meals"]) for i in rows["input"])
     assert len(scores) == meals
