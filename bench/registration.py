@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # An existing registry: create the store's tables first (a fresh SQLite store's migrations
     # take seconds that no real registration pays).
-    from include.registration.registry import _client, _ensure_registered_model
-    _ensure_registered_model(_client())
+    from include.registration.registry import _ensure_registered_model, registry_client
+    _ensure_registered_model(registry_client())
 
     # Fixed cost first, on a tiny model in this fresh process (an Airflow task is one): MLflow's
     # scan of installed packages for the requirements check, store writes, the pyfunc files.

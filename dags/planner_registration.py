@@ -90,7 +90,6 @@ def planner_registration():
     @task
     def verify_artifacts(model_path: str) -> dict:
         import json
-        from pathlib import Path
 
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -111,7 +110,7 @@ def planner_registration():
             problems = load_problems(directory)
         if problems:
             raise AirflowFailException(f"{directory} cannot be registered:\n- " + "\n- ".join(problems))
-        manifest = json.loads((Path(directory) / names.MODEL_MANIFEST_FILE).read_text())
+        manifest = json.loads((directory / names.MODEL_MANIFEST_FILE).read_text())
         return {"model_path": str(directory), "training_run_id": manifest["training_run_id"],
                 "dataset_version": manifest.get("dataset_version")}
 

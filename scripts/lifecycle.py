@@ -44,9 +44,9 @@ def _complete_models() -> set[str]:
 
 
 def _registered_version(training_run_id: str) -> str | None:
-    from include.registration.registry import _client, versions_of
+    from include.registration.registry import registry_client, versions_of
 
-    versions = versions_of(_client(), training_run_id)
+    versions = versions_of(registry_client(), training_run_id)
     return str(versions[0].version) if versions else None
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 
+# The recipe catalogue's columns (a dataset's and a model's recipes.parquet) that the texts read.
+RECIPE_COLUMNS = ("recipe_id", "cuisine", "prep_time", "cost", "ingredients", "tags")
+
 # A recipe the catalogue does not know (new since the model's dataset) still gets a text:
 # the model scores it from the context alone instead of failing the whole request.
 UNKNOWN_RECIPE = {"recipe_id": "unknown", "cuisine": "unknown", "prep_time": 0, "cost": 0.0,

@@ -59,14 +59,8 @@ def brier(labels, probabilities) -> float:
 
 def expected_calibration_error(labels, probabilities, bins: int = 10) -> float:
     """Weighted mean |accuracy - confidence| over equal-width probability bins (of the keep class)."""
-    y, p = _arrays(labels, probabilities)
-    index = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += mask.sum() * abs(y[mask].mean() - p[mask].mean())
-    return float(total / len(y))
+    table = reliability_bins(labels, probabilities, bins)
+    return sum(b["count"] * abs(b["keep_rate"] - b["mean_probability"]) for b in table) / sum(b["count"] for b in table)
 
 
 def reliability_bins(labels, probabilities, bins: int = 10) -> list[dict]:

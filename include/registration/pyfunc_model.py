@@ -33,10 +33,9 @@ def _forget_code_dir(model_artifact: Path) -> None:
 class PlannerAcceptanceModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import pyarrow.parquet as pq
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from include.core import features  # resolved now, while MLflow has the model's code dir on sys.path
+        from include.core import features, names  # resolved now, while MLflow has the model's code dir on sys.path
 
         self.features = features
         directory = context.artifacts["model"]
@@ -44,8 +43,7 @@ class PlannerAcceptanceModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True).eval()
         self.kept_label = int(self.model.config.label2id.get("kept", 1))
-        self.recipes = features.recipe_index(pq.read_table(f"{directory}/recipes.parquet").to_pylist())
-        self.torch = torch
+        self.recipes = features.recipe_index(pq.read_table(Path(directory) / names.MODEL_RECIPES_FILE).to_pylist())
 
     def texts(self, rows) -> tuple[list[dict], list[str], list[str]]:
         """(one record per proposed meal, context texts, meal texts), in row order then meal order."""
@@ -69,18 +67,15 @@ class PlannerAcceptanceModel(mlflow.pyfunc.PythonModel):
 
     def score(self, input_ids: list[list[int]], batch_size: int = DEFAULT_BATCH_SIZE) -> list[float]:
         """Keep probabilities, batched by similar length (less padding), returned in input order."""
-        torch = self.torch
-        pad = self.tokenizer.pad_token_id
+        import torch
+
         order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
         out = [0.0] * len(input_ids)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 index = order[start:start + batch_size]
-                width = max(len(input_ids[i]) for i in index)
-                ids = torch.full((len(index), width), pad, dtype=torch.long)
-                for row, i in enumerate(index):
-                    ids[row, :len(input_ids[i])] = torch.tensor(input_ids[i])
-                logits = self.model(input_ids=ids, attention_mask=(ids != pad).long()).logits
+                batch = self.tokenizer.pad({"input_ids": [input_ids[i] for i in index]}, return_tensors="pt")
+                logits = self.model(**batch).logits
                 for i, p in zip(index, torch.softmax(logits, dim=-1)[:, self.kept_label].tolist()):
                     out[i] = p
         return out

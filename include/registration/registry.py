@@ -32,7 +32,7 @@ LOGGED_MODEL_TYPE = "planner-acceptance-pyfunc"
 
 # The files the registered model needs to load without this repository (MLflow code_paths).
 SERVING_CODE = ("include/__init__.py", "include/core/__init__.py", "include/core/features.py",
-                "include/registration/__init__.py", "include/registration/pyfunc_model.py")
+                "include/core/names.py", "include/registration/__init__.py", "include/registration/pyfunc_model.py")
 SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "pandas", "pyarrow", "safetensors")
 
 
@@ -68,7 +68,8 @@ def version_tags(manifest: dict, manifest_sha256: str, model_dir: Path) -> dict[
     return tags
 
 
-def _client():
+def registry_client():
+    """An MLflow client on the configured tracking URI."""
     import mlflow
 
     from include.core.tracking import configure_mlflow
@@ -203,17 +204,16 @@ def _complete(client, version, tags: dict[str, str]) -> None:
         client.set_registered_model_alias(names.REGISTERED_MODEL_NAME, names.CHALLENGER_ALIAS, version.version)
 
 
-def _converge(client, training_run_id: str):
-    """Keep the lowest-numbered version of this training run; delete any other (a lost race)."""
+def _converge(client, versions: list):
+    """Keep the lowest-numbered of a training run's versions; delete any other (a lost race)."""
     from mlflow.exceptions import MlflowException
 
-    versions = versions_of(client, training_run_id)
     winner, extras = versions[0], versions[1:]
     for extra in extras:
         try:
             client.delete_model_version(names.REGISTERED_MODEL_NAME, extra.version)
-            log.warning("deleted version %s: a duplicate of version %s for %s (concurrent registration)",
-                        extra.version, winner.version, training_run_id)
+            log.warning("deleted version %s: a duplicate of version %s (concurrent registration)",
+                        extra.version, winner.version)
         except MlflowException:
             pass  # the other registration deleted it first
     return winner
@@ -229,7 +229,7 @@ def register(model_dir: Path) -> Registration:
     training_run_id = manifest["training_run_id"]
     tags = version_tags(manifest, manifest_sha256, model_dir)
     try:
-        client = _client()
+        client = registry_client()
         _ensure_registered_model(client)
         existing = versions_of(client, training_run_id)
         created = False
@@ -240,10 +240,10 @@ def register(model_dir: Path) -> Registration:
                 names.REGISTERED_MODEL_NAME, source=f"models:/{model_id}",
                 run_id=run.info.run_id if run else None, tags=tags, model_id=model_id,
                 description=f"{training_run_id} trained on dataset {manifest.get('dataset_version')}")
-            winner = _converge(client, training_run_id)
+            winner = _converge(client, versions_of(client, training_run_id))
             created = winner.version == mine.version
         else:
-            winner = _converge(client, training_run_id) if len(existing) > 1 else existing[0]
+            winner = _converge(client, existing)
         _complete(client, winner, tags)
     except MlflowException as exc:
         from include.core.config import settings

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from include.core import names, storage
+from include.core.features import recipe_index
 from include.training.examples import (
     REQUIRED_COLUMNS,
     DatasetError,
     examples_from_rows,
-    recipe_index,
     split_by_household,
     training_cutoff,
 )

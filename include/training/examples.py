@@ -11,10 +11,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
-from include.core.features import context_text, meal_text, proposed_meals, recipe_index  # noqa: F401  (re-exported)
+from include.core.features import context_text, meal_text, proposed_meals
 
 REQUIRED_COLUMNS = ("plan_id", "household_id", "accepted_at", "input", "target")
-RECIPE_COLUMNS = ("recipe_id", "cuisine", "prep_time", "cost", "ingredients", "tags")
 
 
 class DatasetError(ValueError):

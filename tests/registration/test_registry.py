@@ -18,7 +18,7 @@ from include.registration import registry
 
 
 def _versions(training_run_id: str) -> list:
-    return registry.versions_of(registry._client(), training_run_id)
+    return registry.versions_of(registry.registry_client(), training_run_id)
 
 
 def test_registered_model_loads_by_alias_and_scores_dataset_rows(fresh_mlflow, model_in_storage, published_dataset):
@@ -153,7 +153,7 @@ def _register_in_a_process(model_dir: str, barrier, results) -> None:
 def test_two_processes_registering_the_same_run_at_once_leave_one_version(fresh_mlflow, model_in_storage):
     import mlflow
 
-    registry._client().search_experiments()  # create the store's tables first: the race under test is registration's
+    registry.registry_client().search_experiments()  # create the store's tables first: the race under test is registration's
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
     workers = [context.Process(target=_register_in_a_process, args=(str(model_in_storage), barrier, results))

@@ -6,12 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from include.core.features import context_text, meal_text
 from include.training.examples import (
     DatasetError,
-    context_text,
     examples_from_rows,
     is_validation_household,
-    meal_text,
     split_by_household,
     training_cutoff,
 )

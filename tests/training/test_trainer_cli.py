@@ -77,7 +77,7 @@ def test_training_publishes_a_complete_reloadable_model_and_a_retry_reuses_it(pu
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from include.training.examples import context_text, meal_text, recipe_index
+    from include.core.features import context_text, meal_text, recipe_index
 
     out = tmp_path / "models"
     run_id = "planner_acceptance-v20261123_010203"
@@ -131,7 +131,8 @@ def test_cpu_training_is_deterministic_for_a_seed(published_dataset, tmp_path):
 
 
 def test_the_dataset_schema_contract_is_what_the_trainer_reads(published_dataset):
-    from include.training.examples import RECIPE_COLUMNS, REQUIRED_COLUMNS
+    from include.core.features import RECIPE_COLUMNS
+    from include.training.examples import REQUIRED_COLUMNS
 
     assert set(REQUIRED_COLUMNS) <= set(pq.read_schema(Path(published_dataset) / names.DATASET_TRAINING_FILE).names)
     recipes = pq.read_schema(Path(published_dataset) / names.DATASET_RECIPES_FILE)
