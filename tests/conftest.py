@@ -143,6 +143,20 @@ def trained_model(published_dataset, tmp_path_factory) -> Path:
     return out / run_id
 
 
+@pytest.fixture(scope="session")
+def shuffled_label_model(published_dataset, tmp_path_factory) -> Path:
+    """The negative control: trained like `trained_model`, but on permuted labels."""
+    from include.core import names
+    from include.training import cli
+
+    out = tmp_path_factory.mktemp("shuffled") / "models" / names.REGISTERED_MODEL_NAME
+    run_id = "planner_acceptance-v20261123_020304"
+    code = cli.main(["--dataset-uri", published_dataset, "--output-root", str(out), "--training-run-id", run_id,
+                     "--epochs", "2", "--max-rows", "1500", "--batch-size", "32", "--shuffle-labels"])
+    assert code == 0
+    return out / run_id
+
+
 @pytest.fixture()
 def fresh_mlflow(tmp_path, monkeypatch) -> str:
     """An MLflow backend store and artifact root of this test's own (a real SQLite registry)."""

@@ -72,3 +72,10 @@ def proposed_meals(row_input: str | dict) -> tuple[dict, list[dict]]:
     """(context, proposed meals) of a row's `input`, which is JSON text in the dataset."""
     context = json.loads(row_input) if isinstance(row_input, str) else row_input
     return context, context["proposed_plan"]["meals"]
+
+
+def kept_flags(proposed: list[dict], row_target: str | dict) -> list[int]:
+    """The label of each proposed meal: 1 when the accepted plan has the same recipe on the same day."""
+    target = json.loads(row_target) if isinstance(row_target, str) else row_target
+    kept = {(m["day"], str(m["recipe_id"]).lower()) for m in target["accepted_plan"]["meals"]}
+    return [int((m["day"], str(m["recipe_id"]).lower()) in kept) for m in proposed]

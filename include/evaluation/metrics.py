@@ -118,3 +118,23 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
     ordered = sorted(seconds)
     pick = lambda q: ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1000  # noqa: E731
     return {"p50_ms": pick(0.50), "p95_ms": pick(0.95), "p99_ms": pick(0.99)}
+
+
+def roc_curve(labels, probabilities) -> tuple[list[float], list[float]]:
+    """(false positive rates, true positive rates) at every distinct threshold, from (0, 0) to (1, 1)."""
+    y, p = _arrays(labels, probabilities)
+    order = np.argsort(-p, kind="mergesort")
+    y, p = y[order], p[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    positives, negatives = max(int(y.sum()), 1), max(len(y) - int(y.sum()), 1)
+    return [0.0, *(fp / negatives).tolist()], [0.0, *(tp / positives).tolist()]
+
+
+def size_bucket(size) -> str:
+    """Household size as a slice value."""
+    if size is None:
+        return "unknown"
+    size = int(size)
+    return "1" if size <= 1 else "2" if size == 2 else "3-4" if size <= 4 else "5+"

@@ -21,6 +21,7 @@ from include.training.examples import (
     REQUIRED_COLUMNS,
     DatasetError,
     examples_from_rows,
+    shuffled_labels,
     split_by_household,
     training_cutoff,
 )
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument("--shuffle-labels", action="store_true",
+                        help="negative control: permute the training labels (seeded), so the model can learn nothing; "
+                             "offline evaluation and the promotion gate must reject it")
     args = parser.parse_args(argv)
     if not re.match(names.TRAINING_RUN_ID_PATTERN, args.training_run_id):
         parser.error(f"--training-run-id must look like {names.REGISTERED_MODEL_NAME}-vYYYYMMDD_HHMMSS")
@@ -132,6 +136,8 @@ def train(args: argparse.Namespace) -> dict:
     rows, recipe_table, cutoff, version = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
     examples = examples_from_rows(rows, recipe_index(recipe_table.to_pylist()))
     train_set, val_set = split_by_household(examples, args.val_share, args.seed)
+    if args.shuffle_labels:
+        train_set = shuffled_labels(train_set, args.seed)
     if not train_set or not val_set or len({e.label for e in val_set}) < 2:
         raise DatasetError(f"dataset {args.dataset_uri}: too few rows to train and validate "
                            f"({len(train_set)} train / {len(val_set)} validation examples)")
@@ -147,7 +153,8 @@ def train(args: argparse.Namespace) -> dict:
     hyper = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
              "seed": args.seed, "max_rows": args.max_rows, "holdout_days": args.holdout_days,
              "val_share": args.val_share, "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
-             "base_model": args.base_model, "device": device}
+             "base_model": args.base_model, "device": device,
+             "shuffle_labels": args.shuffle_labels}
 
     final_uri = model_uri(args)
     staging = storage.new_staging_dir(final_uri)

@@ -7,11 +7,10 @@ registered model.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
-from include.core.features import context_text, meal_text, proposed_meals
+from include.core.features import context_text, kept_flags, meal_text, proposed_meals
 
 REQUIRED_COLUMNS = ("plan_id", "household_id", "accepted_at", "input", "target")
 
@@ -43,15 +42,13 @@ def examples_from_rows(rows: list[dict], recipes: dict[str, dict]) -> list[Examp
     examples = []
     for row in rows:
         context, meals = proposed_meals(row["input"])
-        accepted = json.loads(row["target"])["accepted_plan"]["meals"]
-        kept = {(m["day"], m["recipe_id"]) for m in accepted}
         ctx = context_text(context)
-        for meal in meals:
+        for meal, label in zip(meals, kept_flags(meals, row["target"])):
             recipe = recipes.get(meal["recipe_id"].lower())
             if recipe is None:
                 raise DatasetError(f"plan {row['plan_id']}: recipe {meal['recipe_id']} is not in recipes.parquet")
             examples.append(Example(row["plan_id"], row["household_id"], meal["recipe_id"].lower(), ctx,
-                                    meal_text(recipe, context), int((meal["day"], meal["recipe_id"]) in kept)))
+                                    meal_text(recipe, context), label))
     return examples
 
 
@@ -68,3 +65,13 @@ def split_by_household(examples: list[Example], val_share: float, seed: int) -> 
     for example in examples:
         (val if is_validation_household(example.household_id, val_share, seed) else train).append(example)
     return train, val
+
+
+def shuffled_labels(examples: list[Example], seed: int) -> list[Example]:
+    """The same examples with their labels permuted: a control that must learn nothing."""
+    import random
+    from dataclasses import replace
+
+    labels = [e.label for e in examples]
+    random.Random(seed).shuffle(labels)
+    return [replace(e, label=label) for e, label in zip(examples, labels)]

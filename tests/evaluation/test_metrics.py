@@ -65,3 +65,13 @@ def test_against_scikit_learn_on_random_data():
     assert t["precision"] == pytest.approx(sklearn_metrics.precision_score(labels, predicted))
     assert t["recall"] == pytest.approx(sklearn_metrics.recall_score(labels, predicted))
     assert t["f1"] == pytest.approx(sklearn_metrics.f1_score(labels, predicted))
+    fpr, tpr = metrics.roc_curve(labels, probs)
+    sk_fpr, sk_tpr, _ = sklearn_metrics.roc_curve(labels, probs, drop_intermediate=False)
+    assert fpr == pytest.approx(sk_fpr.tolist()) and tpr == pytest.approx(sk_tpr.tolist())
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc(labels, probs))
+
+
+def test_roc_curve_and_size_buckets_by_hand():
+    fpr, tpr = metrics.roc_curve([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1])
+    assert (fpr, tpr) == ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
+    assert [metrics.size_bucket(s) for s in (None, 1, 2, 3, 4, 5, 9)] == ["unknown", "1", "2", "3-4", "3-4", "5+", "5+"]
