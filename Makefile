@@ -25,6 +25,7 @@ bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same ru
 	$(PY) -m bench.dataset_build
 	$(PY) -m bench.training_throughput
 	$(PY) -m bench.registration
+	$(PY) -m bench.offline_eval
 
 venv: $(STAMP)
 

@@ -1,10 +1,13 @@
 """`make lifecycle`: the model lifecycle on the embedded default (no Docker, no cluster).
 
-Today it covers the dataset, training and registration phases: find PostgreSQL (or start the
-embedded one), generate weeks of product events, run `planner_dataset`, `planner_training`
-(local backend) and `planner_registration` as real Airflow DAG runs, and show the dataset
-summary, the trained model's validation metrics and its registered version. Safe to re-run: the data is regenerated from its seed, the dataset version
-is rewritten identically, and each run trains (and keeps) a model of its own.
+Find PostgreSQL (or start the embedded one), generate weeks of product events, then run every
+phase as a real Airflow DAG run (`airflow dags test`): `planner_dataset`, `planner_training`
+(local backend), `planner_registration`, `planner_offline_eval` and `planner_promotion`, and
+show what each produced: the dataset summary, the validation metrics, the registered version,
+the offline evaluation against the champion and the promotion decision with its reasons.
+Safe to re-run: the data is regenerated from its seed, the dataset version is rewritten
+identically, and each run trains (and keeps) a model of its own, which is then evaluated
+against the champion the previous run promoted.
 """
 from __future__ import annotations
 
@@ -48,6 +51,30 @@ def _registered_version(training_run_id: str) -> str | None:
 
     versions = versions_of(registry_client(), training_run_id)
     return str(versions[0].version) if versions else None
+
+
+def _version_tags(version: str) -> dict:
+    from include.registration.registry import registry_client
+
+    return dict(registry_client().get_model_version(names.REGISTERED_MODEL_NAME, version).tags)
+
+
+def _champion() -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    from include.registration.registry import registry_client
+
+    try:
+        return str(registry_client().get_model_version_by_alias(names.REGISTERED_MODEL_NAME, names.CHAMPION_ALIAS).version)
+    except MlflowException:
+        return None
+
+
+def _last_decision(dsn: str) -> dict:
+    from include.promotion import history
+
+    with history.connect(dsn) as conn:
+        return history.decisions(conn, names.REGISTERED_MODEL_NAME)[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +149,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _step(f"registered {names.REGISTERED_MODEL_NAME} version {version} (alias {names.CHALLENGER_ALIAS}): "
           f"mlflow.pyfunc.load_model('models:/{names.REGISTERED_MODEL_NAME}@{names.CHALLENGER_ALIAS}')")
+
+    _step(f"running DAG {names.DAG_OFFLINE_EVAL} for version {version} against the {names.CHAMPION_ALIAS}")
+    log_path = logs / f"{names.DAG_OFFLINE_EVAL}.log"
+    if _run_logged([AIRFLOW, "dags", "test", names.DAG_OFFLINE_EVAL, "-c", json.dumps({"model_version": version})],
+                   env, log_path):
+        print(f"\nFAILED: DAG {names.DAG_OFFLINE_EVAL}; last lines of {log_path}:\n{_tail(log_path)}", file=sys.stderr)
+        return 1
+    tags = _version_tags(version)
+    print(f"    replay window {tags['eval_replay_window']} ({tags['eval_examples']} proposed meals), baseline "
+          f"version {tags['eval_baseline_version']}: ROC AUC {float(tags['eval_roc_auc']):.3f}, accuracy "
+          f"{float(tags['eval_accuracy']):.3f}, log loss {float(tags['eval_log_loss']):.3f}, "
+          f"p95 {float(tags['eval_latency_p95_ms']):.1f} ms per plan")
+    print(f"    report, plots: MLflow run {tags['evaluation_run_id']} (experiment {names.EXPERIMENT_OFFLINE_EVAL})")
+
+    _step(f"running DAG {names.DAG_PROMOTION} for version {version}")
+    log_path = logs / f"{names.DAG_PROMOTION}.log"
+    if _run_logged([AIRFLOW, "dags", "test", names.DAG_PROMOTION, "-c", json.dumps({"model_version": version})],
+                   env, log_path):
+        print(f"\nFAILED: DAG {names.DAG_PROMOTION}; last lines of {log_path}:\n{_tail(log_path)}", file=sys.stderr)
+        return 1
+    decision = _last_decision(dsn)
+    _step(f"promotion: {decision['outcome']} (champion now: version {_champion() or 'none'})")
+    for reason in decision["reasons"] or ["every check of include/promotion/policy.json passed"]:
+        print(f"    - {reason}")
+    print("    history: SELECT * FROM ml.promotion_decisions ORDER BY decision_id;")
 
     print(f"\nMLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings().mlflow_tracking_uri}")
     print(f"done in {time.perf_counter() - started:.0f}s")

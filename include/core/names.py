@@ -28,6 +28,10 @@ ASSET_OFFLINE_EVAL = "planner.offline_eval"
 
 SUCCESS_MARKER = "_SUCCESS"
 
+# The offline evaluation's report in its MLflow run (what promotion gates on).
+EVAL_REPORT_FILE = "evaluation_report.json"
+EVAL_REPORT_MD_FILE = "evaluation_report.md"
+
 # Training run ids: seed 002's `planner_acceptance-vYYYYMMDD_HHMMSS`.
 TRAINING_RUN_ID_FORMAT = REGISTERED_MODEL_NAME + "-v%Y%m%d_%H%M%S"
 TRAINING_RUN_ID_PATTERN = rf"^{REGISTERED_MODEL_NAME}-v\d{{8}}_\d{{6}}$"

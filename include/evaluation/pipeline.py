@@ -17,8 +17,8 @@ from include.evaluation.replay import EvaluationError, TrainingWindow
 log = logging.getLogger(__name__)
 
 NO_BASELINE = ("", "none", "null")
-REPORT_JSON = "evaluation_report.json"
-REPORT_MD = "evaluation_report.md"
+REPORT_JSON = names.EVAL_REPORT_FILE
+REPORT_MD = names.EVAL_REPORT_MD_FILE
 
 
 def client():

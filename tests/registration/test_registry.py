@@ -188,3 +188,34 @@ def test_a_duplicate_left_by_a_race_is_removed_and_the_lowest_version_kept(fresh
     assert again.version == first.version
     assert [str(v.version) for v in client.search_model_versions(f"name = '{names.REGISTERED_MODEL_NAME}'")] == [first.version]
     assert str(client.get_model_version_by_alias(names.REGISTERED_MODEL_NAME, names.CHALLENGER_ALIAS).version) == first.version
+
+
+def test_the_served_encoding_and_batching_match_the_tokenizer_and_single_forwards(trained_model, published_dataset):
+    """The served model tokenizes each row's context once and pads batches itself: the ids must be what
+    `tokenizer(context, meal, truncation="only_first")` gives (also when it truncates), and a padded batch
+    must score each meal as it scores alone."""
+    import torch
+
+    from include.registration.pyfunc_model import PlannerAcceptanceModel
+
+    class Context:
+        artifacts = {"model": str(trained_model)}
+
+    model = PlannerAcceptanceModel()
+    model.load_context(Context())
+    rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 40).to_pandas()
+    _, contexts, meal_rows, meals = model.texts(rows)
+    pairs = ([contexts[r] for r in meal_rows], meals)
+    assert model._pair_template() is not None  # the shortcut is in use, not the fallback
+    longest_meal = max(len(i) for i in model.tokenizer(meals, add_special_tokens=False)["input_ids"])
+    for limit in (model.tokenizer.model_max_length, longest_meal + 10):  # the second truncates every context
+        model.tokenizer.model_max_length = limit
+        expected = model.tokenizer(*pairs, truncation="only_first", max_length=limit)["input_ids"]
+        assert model.encode(contexts, meal_rows, meals) == expected
+    model.tokenizer.model_max_length = 512
+
+    ids = model.encode(contexts, meal_rows, meals)
+    batched = model.score(ids, batch_size=16)
+    with torch.inference_mode():
+        alone = [torch.softmax(model.model(input_ids=torch.tensor([i])).logits, -1)[0, 1].item() for i in ids[:25]]
+    assert batched[:25] == pytest.approx(alone, abs=1e-5)

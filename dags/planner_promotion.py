@@ -1,0 +1,146 @@
+"""
+### planner_promotion: gate the challenger, move the champion safely, record it, roll back
+
+Runs when offline evaluation emits `planner.offline_eval`, and from the trigger form.
+
+| task | what it does |
+|---|---|
+| `decide` | `promote`: reads the version's evaluation report from MLflow and applies the gate (`include/promotion/policy.json`, overridable by `DEPLOY_*` environment variables): absolute thresholds, beating the keep-rate floor, no regression against the champion overall or in any large slice, enough replayed rows. `rollback`: picks the champion the current one replaced (or the given former champion). |
+| `route` | passed -> `await_approval` (when `require_approval`) or `apply`; anything else skips to `record_outcome` |
+| `await_approval` | Airflow's human-in-the-loop approval (Required actions in the UI), with the gate's report in its body |
+| `apply` | moves alias `champion` **compare-and-set** under a PostgreSQL lock (if the champion moved since the decision, nothing moves and the refusal is recorded), tags the version, records decision + deployment + history in one transaction (`ml` schema) and writes the deployment to Redis when `REDIS_URL` is set |
+| `record_outcome` | after `apply`, or in its place: records what moved nothing: rejected (the version is tagged with the reasons), not approved, dry run, already champion (no-op), no rollback target |
+
+A failed gate is an outcome, not a crash: the run succeeds and says why. Rerunning a promotion
+that already happened records a no-op and changes nothing.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.core import names
+from include.core.assets import OFFLINE_EVAL_ASSET
+
+APPROVAL_TIMEOUT = timedelta(days=3)
+
+
+def _events_dsn() -> str:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from include.core.connections import libpq_uri_for_connection
+
+    hook = PostgresHook(postgres_conn_id=names.EVENTS_CONN_ID)
+    return libpq_uri_for_connection(hook.get_connection(names.EVENTS_CONN_ID))
+
+
+def _airflow_ids(context) -> dict:
+    return {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+
+
+@dag(
+    dag_id=names.DAG_PROMOTION,
+    schedule=[OFFLINE_EVAL_ASSET],
+    start_date=datetime(2026, 1, 5),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["planner", "promotion", "mlflow"],
+    default_args={"owner": "ml-platform", "retries": 0},
+    params={
+        "model_version": Param(None, type=["null", "string"], pattern=r"^([0-9]+|[A-Za-z_][A-Za-z0-9_-]*)$",
+                               title="Model version",
+                               description="promote: the version (number or alias) to promote; empty: the one the "
+                                           "triggering evaluation names, else alias `challenger`. rollback: a former "
+                                           "champion to return to; empty: the champion the current one replaced."),
+        "action": Param("promote", type="string", enum=["promote", "rollback"], title="Action"),
+        "require_approval": Param(False, type="boolean", title="Require approval",
+                                  description="Ask a person (Required actions) before the champion moves."),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Decide and record the decision; move nothing."),
+    },
+)
+def planner_promotion():
+    @task
+    def decide() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.promotion.gate import PolicyError
+        from include.promotion.pipeline import PromotionError, decide_promotion, decide_rollback
+
+        context = get_current_context()
+        params = context["params"]
+        version, evaluation_run_id = params["model_version"], None
+        events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
+        if not version and events and params["action"] == "promote":
+            extra = events[-1].extra or {}
+            version, evaluation_run_id = extra.get("model_version"), extra.get("evaluation_run_id")
+        try:
+            if params["action"] == "rollback":
+                plan = decide_rollback(_events_dsn(), version, params["require_approval"], params["dry_run"])
+            else:
+                plan = decide_promotion(_events_dsn(), version, evaluation_run_id, params["require_approval"],
+                                        params["dry_run"])
+        except (PromotionError, PolicyError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        print(plan["summary"])
+        print(f"decision: {plan['outcome']} -> {plan['next']}")
+        return plan
+
+    @task.branch
+    def route(plan: dict) -> list[str]:
+        """Nothing chosen (a verdict that moves nothing) skips straight to `record_outcome`."""
+        return {"apply": ["apply"], "approval": ["await_approval"]}.get(plan["next"], [])
+
+    await_approval = ApprovalOperator(
+        task_id="await_approval",
+        subject="{{ ti.xcom_pull(task_ids='decide')['action'] | capitalize }} planner_acceptance version "
+                "{{ ti.xcom_pull(task_ids='decide')['model_version'] }}?",
+        body="{{ ti.xcom_pull(task_ids='decide')['summary'] }}",
+        defaults="Reject",
+        response_timeout=APPROVAL_TIMEOUT,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def apply(plan: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.promotion.pipeline import apply
+
+        context = get_current_context()
+        approval = context["ti"].xcom_pull(task_ids="await_approval") if plan["next"] == "approval" else None
+        approver = ((approval or {}).get("responded_by_user") or {}).get("name") if approval else None
+        result = apply(_events_dsn(), plan, approver, _airflow_ids(context))
+        if result["outcome"] == "refused":
+            raise AirflowFailException(result["reasons"][0])
+        print(f"{result['outcome']}: {names.REGISTERED_MODEL_NAME} version {plan['model_version']} is the "
+              f"{names.CHAMPION_ALIAS} (decision {result['decision_id']}, approver {approver or 'none needed'})")
+        return result
+
+    @task(trigger_rule="none_failed")
+    def record_outcome(plan: dict) -> dict:
+        """Runs after `apply`, or in its place when it was skipped (a verdict, a rejection by the approver)."""
+        from include.promotion.pipeline import record_outcome
+
+        context = get_current_context()
+        applied = context["ti"].xcom_pull(task_ids="apply")
+        if applied:
+            return applied
+        outcome, reasons, approver = plan["outcome"], plan["decision"]["reasons"], None
+        if plan["next"] == "approval":  # reached only when the approver said no
+            approval = context["ti"].xcom_pull(task_ids="await_approval") or {}
+            approver = (approval.get("responded_by_user") or {}).get("name")
+            outcome, reasons = "not_approved", [f"rejected by {approver or 'the approval timeout'}"]
+        result = record_outcome(_events_dsn(), plan, outcome, reasons, approver, _airflow_ids(context))
+        print(f"{outcome}: nothing moved (decision {result['decision_id']}); reasons: {reasons}")
+        return result
+
+    plan = decide()
+    applied = apply(plan)
+    route(plan) >> [await_approval, applied]
+    await_approval >> applied >> record_outcome(plan)
+
+
+planner_promotion()

@@ -1,0 +1,212 @@
+"""What the `planner_promotion` tasks do, as plain functions (no Airflow import).
+
+decide -> (approval) -> apply, or -> record the outcome that moved nothing. The champion alias
+moves only in `apply`, compare-and-set under the model's PostgreSQL lock: if the champion is not
+the one the decision was made against, nothing moves and the refusal is recorded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from include.core import names
+from include.promotion import history
+from include.promotion.gate import decide, gate_inputs, load_policy
+
+log = logging.getLogger(__name__)
+
+MODEL = names.REGISTERED_MODEL_NAME
+REDIS_KEY = f"planner:champion:{MODEL}"
+
+
+class PromotionError(RuntimeError):
+    """The promotion cannot go on (a missing version or evaluation, a moved champion); the message says why."""
+
+
+def client():
+    import mlflow
+
+    from include.core.tracking import configure_mlflow
+
+    configure_mlflow()
+    return mlflow.MlflowClient()
+
+
+def _alias_version(registry, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(registry.get_model_version_by_alias(MODEL, alias).version)
+    except MlflowException:
+        return None
+
+
+def _version(registry, reference: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if str(reference).isdigit():
+            return registry.get_model_version(MODEL, str(reference))
+        return registry.get_model_version_by_alias(MODEL, str(reference))
+    except MlflowException as exc:
+        raise PromotionError(f"{MODEL} has no version {reference!r}") from exc
+
+
+def read_report(evaluation_run_id: str) -> dict:
+    """The offline evaluation's JSON report, from its MLflow run."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    client()
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{evaluation_run_id}/{names.EVAL_REPORT_FILE}"))
+    except (MlflowException, OSError) as exc:
+        raise PromotionError(f"evaluation run {evaluation_run_id} has no readable {names.EVAL_REPORT_FILE}: {exc}") from exc
+
+
+def _summary(version: str, champion: str | None, decision: dict, report: dict | None) -> str:
+    """Markdown for the approver: what is asked, the verdict and the numbers it rests on."""
+    lines = [f"**Promote {MODEL} version {version}** (champion now: {champion or 'none'})", "",
+             f"Gate: **{'passed' if decision['passed'] else 'FAILED'}**", ""]
+    lines += [f"- {'✔' if c['passed'] else '✘'} {c['name']}: {c['detail']}" for c in decision["checks"]]
+    if report:
+        models = report["models"]
+        lines += ["", "| metric | candidate | champion |", "|---|---|---|"]
+        for key in ("roc_auc", "accuracy", "log_loss", "plan_ranking", "latency_p95_ms"):
+            new = models["candidate"].get(key)
+            old = (models.get("champion") or {}).get(key)
+            lines.append(f"| {key} | {new if new is None else round(new, 4)} | {old if old is None else round(old, 4)} |")
+        lines += ["", f"Evaluation run `{report.get('evaluation_run_id')}` on replay window "
+                      f"{report['window']['version']} ({report['counts']['examples']} meals)."]
+    return "\n".join(lines)
+
+
+def decide_promotion(dsn: str, model_version: str | None, evaluation_run_id: str | None,
+                     require_approval: bool, dry_run: bool) -> dict:
+    """Gate the version on its evaluation; returns the plan `apply`/`record_outcome` act on."""
+    history.ensure_schema(dsn)
+    registry = client()
+    version = _version(registry, model_version or names.CHALLENGER_ALIAS)
+    number = str(version.version)
+    champion = _alias_version(registry, names.CHAMPION_ALIAS)
+    policy = load_policy()
+    run_id = evaluation_run_id or version.tags.get("evaluation_run_id")
+    if not run_id:
+        raise PromotionError(f"version {number} has no evaluation (no evaluation_run_id tag): run "
+                             f"{names.DAG_OFFLINE_EVAL} for it first")
+    report = read_report(run_id)
+    if str(report["model_version"]) != number:
+        raise PromotionError(f"evaluation run {run_id} evaluated version {report['model_version']}, not {number}")
+    candidate, champion_metrics, slices = gate_inputs(report, version.tags)
+    evaluated_against = report.get("baseline_version")
+    if champion and evaluated_against != champion and champion != number:
+        # The evaluation did not compare against today's champion: gating on absolutes alone would let a
+        # regression through, so the change checks need the current champion's numbers.
+        raise PromotionError(f"version {number} was evaluated against {evaluated_against or 'no champion'} but the "
+                             f"champion is now {champion}: re-run {names.DAG_OFFLINE_EVAL} for version {number}")
+    decision = decide(policy, candidate, champion_metrics, slices).as_dict()
+    if champion == number:
+        outcome, next_step = "no_op", "record"
+        decision["reasons"] = [f"version {number} is already the champion"]
+    elif not decision["passed"]:
+        outcome, next_step = "rejected", "record"
+    elif dry_run:
+        outcome, next_step = "dry_run", "record"
+    else:
+        outcome, next_step = "promoted", "approval" if require_approval else "apply"
+    return {"action": "promote", "model_version": number, "expected_champion": champion, "outcome": outcome,
+            "next": next_step, "decision": decision, "metrics": {"candidate": candidate, "champion": champion_metrics},
+            "policy": policy, "evaluation_run_id": run_id, "summary": _summary(number, champion, decision, report)}
+
+
+def decide_rollback(dsn: str, model_version: str | None, require_approval: bool, dry_run: bool) -> dict:
+    history.ensure_schema(dsn)
+    registry = client()
+    champion = _alias_version(registry, names.CHAMPION_ALIAS)
+    with history.connect(dsn) as conn:
+        past = history.champions(conn, MODEL)
+    target, why = history.rollback_target(past, champion, str(model_version) if model_version else None)
+    if target is not None:
+        _version(registry, target)  # it must still exist in the registry
+    decision = {"passed": target is not None, "reasons": [] if target else [why],
+                "checks": [{"name": "rollback_target", "passed": target is not None, "detail": why}]}
+    if target is None:
+        outcome, next_step = "refused", "record"
+    elif dry_run:
+        outcome, next_step = "dry_run", "record"
+    else:
+        outcome, next_step = "rolled_back", "approval" if require_approval else "apply"
+    return {"action": "rollback", "model_version": target or str(model_version or champion or ""),
+            "expected_champion": champion, "outcome": outcome, "next": next_step, "decision": decision,
+            "metrics": {}, "policy": {}, "evaluation_run_id": None,
+            "summary": f"**Roll back {MODEL}** from version {champion} to {target or '(none)'}: {why}"}
+
+
+def _record(plan: dict, outcome: str, reasons: list[str], approver: str | None, airflow: dict) -> history.Record:
+    return history.Record(model_name=MODEL, version=plan["model_version"], action=plan["action"], outcome=outcome,
+                          previous_champion=plan["expected_champion"], reasons=reasons, metrics=plan["metrics"],
+                          policy=plan["policy"], approver=approver, evaluation_run_id=plan["evaluation_run_id"],
+                          airflow_dag_id=airflow.get("dag_id"), airflow_run_id=airflow.get("run_id"))
+
+
+def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
+    """Move the champion alias compare-and-set, tag the version, record and publish the deployment."""
+    registry = client()
+    version = plan["model_version"]
+    with history.model_lock(dsn, MODEL) as conn:
+        current = _alias_version(registry, names.CHAMPION_ALIAS)
+        if current != plan["expected_champion"]:
+            reason = (f"the champion moved since the decision (expected {plan['expected_champion'] or 'none'}, "
+                      f"found {current or 'none'}): nothing was changed; re-evaluate and promote again")
+            decision_id = history.record_decision(conn, _record(plan, "refused", [reason], approver, airflow))
+            return {"outcome": "refused", "reasons": [reason], "decision_id": decision_id, "champion": current}
+        decision_id = history.record_decision(conn, _record(plan, plan["outcome"], plan["decision"]["reasons"],
+                                                            approver, airflow),
+                                              model_uri=f"models:/{MODEL}/{version}")
+        # The alias moves last inside the transaction: if it fails, the records roll back with it.
+        registry.set_registered_model_alias(MODEL, names.CHAMPION_ALIAS, version)
+    now = datetime.now(UTC).isoformat()
+    tags = {"promotion_status": "champion", "promotion_decision_id": str(decision_id), "promoted_at": now}
+    if plan["action"] == "rollback":
+        tags["promotion_status"] = "champion (rollback)"
+    for key, value in tags.items():
+        registry.set_model_version_tag(MODEL, version, key, value)
+    if plan["expected_champion"]:
+        registry.set_model_version_tag(MODEL, plan["expected_champion"], "promotion_status",
+                                       f"replaced by {version}")
+    publish_to_redis(dsn)
+    return {"outcome": plan["outcome"], "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
+            "champion": version}
+
+
+def record_outcome(dsn: str, plan: dict, outcome: str, reasons: list[str], approver: str | None,
+                   airflow: dict) -> dict:
+    """Record a decision that moved nothing (rejected, not approved, dry run, no-op, refused)."""
+    with history.model_lock(dsn, MODEL) as conn:
+        decision_id = history.record_decision(conn, _record(plan, outcome, reasons, approver, airflow))
+    if outcome == "rejected":
+        registry = client()
+        registry.set_model_version_tag(MODEL, plan["model_version"], "promotion_status", "rejected")
+        registry.set_model_version_tag(MODEL, plan["model_version"], "promotion_reasons",
+                                       json.dumps(reasons)[:4900])
+        registry.set_model_version_tag(MODEL, plan["model_version"], "promotion_decision_id", str(decision_id))
+    publish_to_redis(dsn)  # idempotent: keeps the fast copy equal to the record
+    return {"outcome": outcome, "reasons": reasons, "decision_id": decision_id, "champion": plan["expected_champion"]}
+
+
+def publish_to_redis(dsn: str) -> bool:
+    """Copy the recorded deployment to Redis when REDIS_URL is set (the serving side reads it there)."""
+    import os
+
+    url = os.environ.get("REDIS_URL", "").strip()
+    if not url:
+        return False
+    import redis
+
+    with history.connect(dsn) as conn:
+        current = history.deployment(conn, MODEL)
+    if current is None:
+        return False
+    redis.Redis.from_url(url, socket_timeout=5).set(REDIS_KEY, json.dumps({"model_name": MODEL, **current}))
+    return True

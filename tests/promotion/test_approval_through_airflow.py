@@ -1,0 +1,128 @@
+"""Promotion with `require_approval` through running Airflow services: the run parks in
+`await_approval` (Airflow's human-in-the-loop, 'Required actions' in the UI) until a person
+answers through the REST API; on Approve the champion moves and the approver is recorded, on
+Reject nothing moves and the rejection is recorded with who said no."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from include.core import names
+from scripts.airflow_services import AirflowServices
+
+MODEL = names.REGISTERED_MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def stack(trained_model, training_events_dsn, tmp_path_factory):
+    """A registry (SQLite, shared with the services) holding two evaluated versions; Airflow services."""
+    import mlflow
+
+    from include.core.config import OFFLINE_ENV, PROJECT_ROOT
+    from include.core.local_postgres import airflow_connection_json
+    from include.promotion.history import connect
+    from include.registration.registry import register
+
+    base = tmp_path_factory.mktemp("approval")
+    retrain = base / "models" / "planner_acceptance-v20261123_040506"
+    shutil.copytree(trained_model, retrain)
+    manifest = json.loads((retrain / names.MODEL_MANIFEST_FILE).read_text())
+    manifest["training_run_id"] = retrain.name
+    (retrain / names.MODEL_MANIFEST_FILE).write_text(json.dumps(manifest))
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
+           "PLANNER_MLFLOW_ARTIFACT_ROOT": str(base / "artifacts"),
+           "PLANNER_STORAGE_ROOT": str(base / "storage"),
+           "AIRFLOW_CONN_EVENTS_DB": airflow_connection_json(training_events_dsn),
+           # test models train for seconds: looser absolutes than the defaults (see test_promotion_dag)
+           "DEPLOY_ACCURACY_THRESHOLD": "0.5", "DEPLOY_LOSS_THRESHOLD": "0.7", "DEPLOY_VAL_LOSS_THRESHOLD": "0.7"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.delenv("REDIS_URL", raising=False)
+        with connect(training_events_dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
+        client = mlflow.MlflowClient()
+        assert [register(trained_model).version, register(retrain).version] == ["1", "2"]
+        _evaluate(training_events_dsn, "1")
+        services = AirflowServices(base / "airflow", {
+            **os.environ, **OFFLINE_ENV, **env, "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}).start()
+        try:
+            services.unpause(names.DAG_PROMOTION)
+            yield services, client, training_events_dsn
+        finally:
+            services.stop()
+
+
+def _evaluate(dsn: str, version: str) -> None:
+    from include.evaluation.pipeline import build_and_check_replay, evaluate, plan, tag_version
+
+    evaluation_plan = plan(version, names.CHAMPION_ALIAS)
+    tag_version(evaluate(dsn, evaluation_plan, build_and_check_replay(dsn, evaluation_plan), max_rows=150))
+
+
+def _await_input(services, run_id: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = services.task_instances(names.DAG_PROMOTION, run_id).get("await_approval", {}).get("state")
+        if state == "awaiting_input":
+            return
+        assert services.run_state(names.DAG_PROMOTION, run_id) == "running", "the run ended before asking"
+        time.sleep(1)
+    raise TimeoutError("await_approval never asked for input")
+
+
+def _answer(services, run_id: str, option: str) -> dict:
+    return services.request("PATCH", f"/api/v2/dags/{names.DAG_PROMOTION}/dagRuns/{run_id}/taskInstances/"
+                                     f"await_approval/-1/hitlDetails", {"chosen_options": [option]})
+
+
+def _champion(client) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(MODEL, names.CHAMPION_ALIAS).version)
+    except MlflowException:
+        return None
+
+
+def _decisions(dsn: str) -> list[dict]:
+    from include.promotion import history
+
+    with history.connect(dsn) as conn:
+        return history.decisions(conn, MODEL)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_the_run_waits_for_a_person_and_acts_on_approve_and_on_reject(stack):
+    services, client, dsn = stack
+
+    approved = services.trigger(names.DAG_PROMOTION, {"model_version": "1", "require_approval": True})
+    _await_input(services, approved)
+    time.sleep(3)
+    assert _champion(client) is None  # nothing moves while it waits
+    detail = services.request("GET", f"/api/v2/dags/{names.DAG_PROMOTION}/dagRuns/{approved}/taskInstances/"
+                                     "await_approval/-1/hitlDetails")
+    assert "Promote planner_acceptance version 1" in detail["body"] and "Gate: **passed**" in detail["body"]
+    _answer(services, approved, "Approve")
+    assert services.wait_for_run(names.DAG_PROMOTION, approved, timeout=300) == "success"
+    assert _champion(client) == "1"
+    decision = _decisions(dsn)[-1]
+    assert (decision["version"], decision["outcome"], decision["approver"]) == ("1", "promoted", "admin")
+
+    _evaluate(dsn, "2")  # against the new champion
+    rejected = services.trigger(names.DAG_PROMOTION, {"model_version": "2", "require_approval": True})
+    _await_input(services, rejected)
+    _answer(services, rejected, "Reject")
+    assert services.wait_for_run(names.DAG_PROMOTION, rejected, timeout=300) == "success"
+    tis = services.task_instances(names.DAG_PROMOTION, rejected)
+    assert tis["apply"]["state"] == "skipped" and tis["record_outcome"]["state"] == "success"
+    assert _champion(client) == "1"
+    decision = _decisions(dsn)[-1]
+    assert (decision["version"], decision["outcome"], decision["approver"]) == ("2", "not_approved", "admin")
+    assert decision["reasons"] == ["rejected by admin"]
