@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.core import names
 from include.core.assets import OFFLINE_EVAL_ASSET
+from include.promotion.approval import RecordedApprovalOperator
 
 APPROVAL_TIMEOUT = timedelta(days=3)
 
@@ -94,7 +94,7 @@ def planner_promotion():
         """Nothing chosen (a verdict that moves nothing) skips straight to `record_outcome`."""
         return {"apply": ["apply"], "approval": ["await_approval"]}.get(plan["next"], [])
 
-    await_approval = ApprovalOperator(
+    await_approval = RecordedApprovalOperator(
         task_id="await_approval",
         subject="{{ ti.xcom_pull(task_ids='decide')['action'] | capitalize }} planner_acceptance version "
                 "{{ ti.xcom_pull(task_ids='decide')['model_version'] }}?",
@@ -107,11 +107,13 @@ def planner_promotion():
     def apply(plan: dict) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from include.promotion.approval import approver_of
         from include.promotion.pipeline import apply
 
         context = get_current_context()
-        approval = context["ti"].xcom_pull(task_ids="await_approval") if plan["next"] == "approval" else None
-        approver = ((approval or {}).get("responded_by_user") or {}).get("name") if approval else None
+        approver = None
+        if plan["next"] == "approval":
+            approver = approver_of(context["ti"].xcom_pull(task_ids="await_approval", key="response"))
         result = apply(_events_dsn(), plan, approver, _airflow_ids(context))
         if result["outcome"] == "refused":
             raise AirflowFailException(result["reasons"][0])
@@ -122,6 +124,7 @@ def planner_promotion():
     @task(trigger_rule="none_failed")
     def record_outcome(plan: dict) -> dict:
         """Runs after `apply`, or in its place when it was skipped (a verdict, a rejection by the approver)."""
+        from include.promotion.approval import approver_of
         from include.promotion.pipeline import record_outcome
 
         context = get_current_context()
@@ -130,8 +133,7 @@ def planner_promotion():
             return applied
         outcome, reasons, approver = plan["outcome"], plan["decision"]["reasons"], None
         if plan["next"] == "approval":  # reached only when the approver said no
-            approval = context["ti"].xcom_pull(task_ids="await_approval") or {}
-            approver = (approval.get("responded_by_user") or {}).get("name")
+            approver = approver_of(context["ti"].xcom_pull(task_ids="await_approval", key="response"))
             outcome, reasons = "not_approved", [f"rejected by {approver or 'the approval timeout'}"]
         result = record_outcome(_events_dsn(), plan, outcome, reasons, approver, _airflow_ids(context))
         print(f"{outcome}: nothing moved (decision {result['decision_id']}); reasons: {reasons}")

@@ -47,6 +47,12 @@ def eval_dag(airflow_db, registry):
     return dag
 
 
+def run_eval(dag, **conf):
+    """A DAG run with every Param given (dag.test() keeps earlier runs' conf values in the DAG's params)."""
+    return dag.test(run_conf={"model_version": None, "baseline": names.CHAMPION_ALIAS, "replay_start": None,
+                              "replay_end": None, "max_rows": None, **conf})
+
+
 def _version_tags(client, version: str) -> dict:
     return dict(client.get_model_version(names.REGISTERED_MODEL_NAME, version).tags)
 
@@ -74,7 +80,7 @@ def test_the_shuffled_label_challenger_is_clearly_worse_on_identical_rows(eval_d
     from include.evaluation.pipeline import REPORT_JSON, REPORT_MD
 
     client = registry["client"]
-    run = eval_dag.test(run_conf={"model_version": None})  # default: the challenger, against the champion
+    run = run_eval(eval_dag)  # defaults: the challenger, against the champion
 
     assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
     tags = _version_tags(client, "2")
@@ -149,7 +155,7 @@ def test_the_leakage_check_trips_on_a_window_overlapping_training(eval_dag, regi
     before = _eval_tags(client, "2")
     capfd.readouterr()
 
-    run = eval_dag.test(run_conf={"model_version": "2", "replay_start": "2026-11-09", "replay_end": "2026-11-23"})
+    run = run_eval(eval_dag, model_version="2", replay_start="2026-11-09", replay_end="2026-11-23")
 
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "failed" and states["build_replay_set"] == "failed", states
@@ -188,7 +194,7 @@ def test_bad_input_ends_the_run_with_its_reason_and_no_tags(eval_dag, registry, 
     before = _eval_tags(client, "2")
     capfd.readouterr()
 
-    run = eval_dag.test(run_conf=conf)
+    run = run_eval(eval_dag, **conf)
 
     assert run.state == "failed"
     output = capfd.readouterr()

@@ -112,6 +112,8 @@ def redis_champion() -> dict | None:
 
 
 def run(dag, **conf):
+    # Every Param given: dag.test() keeps a previous run's conf values in the DAG object's params.
+    conf = {"model_version": None, "action": "promote", "require_approval": False, "dry_run": False, **conf}
     result = dag.test(run_conf=conf)
     states = {ti.task_id: ti.state for ti in result.get_task_instances()}
     return result.state, states
