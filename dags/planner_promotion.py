@@ -63,7 +63,7 @@ def _airflow_ids(context) -> dict:
     },
 )
 def planner_promotion():
-    @task
+    @task(retries=2, retry_delay=timedelta(seconds=30))
     def decide() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -103,7 +103,7 @@ def planner_promotion():
         response_timeout=APPROVAL_TIMEOUT,
     )
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", retries=2, retry_delay=timedelta(seconds=30))
     def apply(plan: dict) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -156,6 +156,12 @@ def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
     version = plan["model_version"]
     with history.model_lock(dsn, MODEL) as conn:
         current = _alias_version(registry, names.CHAMPION_ALIAS)
+        if current == version and current != plan["expected_champion"]:
+            # A retry after this very change went through (e.g. Redis was down afterwards): finish, record nothing new.
+            decision_id = (history.deployment(conn, MODEL) or {}).get("decision_id")
+            publish_to_redis(dsn)
+            return {"outcome": plan["outcome"], "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
+                    "champion": version}
         if current != plan["expected_champion"]:
             reason = (f"the champion moved since the decision (expected {plan['expected_champion'] or 'none'}, "
                       f"found {current or 'none'}): nothing was changed; re-evaluate and promote again")

@@ -91,3 +91,25 @@ def test_dataset_params_reject_values_outside_their_schema(dagbag):
             dag.params.get_param(name).resolve(bad)
     assert dag.params.get_param("end_date").resolve("2026-11-23") == "2026-11-23"
     assert dag.params.get_param("end_date").resolve(None) is None
+
+
+def test_evaluation_and_promotion_dag_shapes(dagbag):
+    from include.core import names
+    from include.core.assets import OFFLINE_EVAL_ASSET
+
+    evaluation = dagbag.dags[names.DAG_OFFLINE_EVAL]
+    assert names.ASSET_REGISTERED_MODEL in str(evaluation.timetable.asset_condition)
+    assert set(evaluation.task_ids) == {"plan_evaluation", "build_replay_set", "evaluate", "tag_version"}
+    assert [o.name for o in evaluation.get_task("tag_version").outlets] == [OFFLINE_EVAL_ASSET.name]
+    schema = {name: param.schema for name, param in evaluation.params.items()}
+    assert schema["max_rows"]["minimum"] == 1 and schema["replay_start"]["format"] == "date"
+    assert evaluation.params["baseline"] == names.CHAMPION_ALIAS
+
+    promotion = dagbag.dags[names.DAG_PROMOTION]
+    assert names.ASSET_OFFLINE_EVAL in str(promotion.timetable.asset_condition)
+    assert set(promotion.task_ids) == {"decide", "route", "await_approval", "apply", "record_outcome"}
+    schema = {name: param.schema for name, param in promotion.params.items()}
+    assert schema["action"]["enum"] == ["promote", "rollback"]
+    assert schema["require_approval"]["type"] == "boolean" and schema["dry_run"]["type"] == "boolean"
+    assert promotion.get_task("record_outcome").trigger_rule == "none_failed"
+    assert type(promotion.get_task("await_approval")).__mro__[1].__name__ == "ApprovalOperator"
