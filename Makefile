@@ -13,10 +13,13 @@ export DO_NOT_TRACK := 1
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: lifecycle test bench venv lock clean
+.PHONY: lifecycle airflow test bench venv lock clean
 
 lifecycle: $(STAMP)  ## generate data, run the lifecycle DAGs on the embedded default, print the outcome
 	$(PY) -m scripts.lifecycle
+
+airflow: $(STAMP)  ## the Airflow UI on http://127.0.0.1:8080 (admin / admin) over make lifecycle's runs; Ctrl-C stops it
+	$(PY) -m scripts.airflow_ui
 
 test: $(STAMP)  ## the whole test suite (real PostgreSQL, MLflow and Airflow runs)
 	$(PY) -m pytest

@@ -34,7 +34,7 @@ DEFAULTS = settings()
 
 @dag(
     dag_id=names.DAG_DATASET,
-    schedule="0 0 * * 1",
+    schedule=DEFAULTS.dataset_schedule,
     start_date=datetime(2026, 1, 5),
     catchup=False,
     max_active_runs=1,

@@ -54,6 +54,9 @@ def resolve_version(client, reference: str | int | None) -> ModelRef | None:
 def load_model(ref: ModelRef):
     import mlflow.pyfunc
 
+    from include.core.tracking import configure_mlflow
+
+    configure_mlflow()  # a task is a fresh process: models:/ URIs resolve against the configured registry
     try:
         return mlflow.pyfunc.load_model(ref.uri)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the same outcome for the user

@@ -1,0 +1,81 @@
+"""The whole chain through running Airflow services, as `make lifecycle` drives it: one REST
+trigger of `planner_dataset`, and the Assets start training (local backend), registration,
+offline evaluation and promotion; a Params value outside its schema is refused with HTTP 400."""
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+
+import pytest
+
+from include.core import names
+from scripts.airflow_services import AirflowServices
+from scripts.lifecycle import CHAIN, ChainFailed, run_chain
+
+
+@pytest.fixture(scope="module")
+def chain_stack(training_events_dsn, tmp_path_factory):
+    from include.core.config import OFFLINE_ENV, PROJECT_ROOT
+    from include.core.local_postgres import airflow_connection_json
+    from include.promotion.history import connect
+
+    base = tmp_path_factory.mktemp("chain")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
+           "PLANNER_MLFLOW_ARTIFACT_ROOT": str(base / "artifacts"),
+           "PLANNER_STORAGE_ROOT": str(base / "storage"),
+           "AIRFLOW_CONN_EVENTS_DB": airflow_connection_json(training_events_dsn),
+           "PLANNER_DATASET_SCHEDULE": "none"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.delenv("REDIS_URL", raising=False)
+        with connect(training_events_dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
+        services = AirflowServices(base / "airflow", {
+            **os.environ, **OFFLINE_ENV, "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}).start()
+        try:
+            for dag_id in CHAIN:
+                services.unpause(dag_id)
+            yield services, training_events_dsn
+        finally:
+            services.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
+def test_one_rest_trigger_runs_the_asset_chain_to_promotion(chain_stack):
+    import time
+
+    import mlflow
+
+    from include.core.tracking import configure_mlflow
+    from include.promotion import history
+
+    services, dsn = chain_stack
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        services.trigger(names.DAG_DATASET, {"end_date": "2026-11-23", "lookback_days": 0})
+    assert refused.value.code == 400
+
+    try:
+        run_chain(services, "2026-11-23", time.perf_counter())
+    except ChainFailed as failure:
+        pytest.fail(str(failure))
+
+    for dag_id in CHAIN:
+        [run] = [r for r in services.request("GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]]
+        assert run["state"] == "success", dag_id
+        expected = "manual" if dag_id == names.DAG_DATASET else "asset_triggered"
+        assert run["run_type"] == expected, (dag_id, run["run_type"])
+    configure_mlflow()
+    client = mlflow.MlflowClient()
+    [version] = client.search_model_versions(f"name = '{names.REGISTERED_MODEL_NAME}'")
+    tags = version.tags
+    assert tags["dataset_version"] == "2026-11-23" and tags["evaluation_run_id"] and tags["eval_roc_auc"]
+    with history.connect(dsn) as conn:
+        [decision] = history.decisions(conn, names.REGISTERED_MODEL_NAME)
+    assert decision["version"] == str(version.version)
+    assert decision["outcome"] in ("promoted", "rejected")  # the gate decides; both are outcomes of a good run
+    assert decision["evaluation_run_id"] == tags["evaluation_run_id"]
+    print(json.dumps({"outcome": decision["outcome"], "reasons": decision["reasons"]}))
