@@ -79,3 +79,22 @@ def test_one_rest_trigger_runs_the_asset_chain_to_promotion(chain_stack):
     assert decision["outcome"] in ("promoted", "rejected")  # the gate decides; both are outcomes of a good run
     assert decision["evaluation_run_id"] == tags["evaluation_run_id"]
     print(json.dumps({"outcome": decision["outcome"], "reasons": decision["reasons"]}))
+
+    # The user's fix-and-rerun: clear only register_model of that registration run, through REST.
+    [registration] = services.request("GET", f"/api/v2/dags/{names.DAG_REGISTRATION}/dagRuns")["dag_runs"]
+    before = services.task_instances(names.DAG_REGISTRATION, registration["dag_run_id"])
+    assert services.clear_tasks(names.DAG_REGISTRATION, registration["dag_run_id"], ["register_model"]) == \
+        ["register_model"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        after = services.task_instances(names.DAG_REGISTRATION, registration["dag_run_id"])
+        if after["register_model"]["try_number"] > before["register_model"]["try_number"] and \
+                after["register_model"]["state"] == "success":
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("register_model did not run again")
+    for task_id in ("resolve_model_path", "wait_for_artifacts", "verify_artifacts"):
+        assert after[task_id]["try_number"] == before[task_id]["try_number"], task_id
+        assert after[task_id]["end_date"] == before[task_id]["end_date"], task_id
+    assert len(client.search_model_versions(f"name = '{names.REGISTERED_MODEL_NAME}'")) == 1

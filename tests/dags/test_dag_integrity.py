@@ -113,3 +113,27 @@ def test_evaluation_and_promotion_dag_shapes(dagbag):
     assert schema["require_approval"]["type"] == "boolean" and schema["dry_run"]["type"] == "boolean"
     assert promotion.get_task("record_outcome").trigger_rule == "none_failed"
     assert type(promotion.get_task("await_approval")).__mro__[1].__name__ == "ApprovalOperator"
+
+
+def test_the_weekly_schedule_and_the_asset_chain(dagbag):
+    """The dataset's next run is a Monday 00:00 UTC within a week; every later phase runs on the
+    previous phase's Asset."""
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.timetables.base import TimeRestriction
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    from include.core import names
+
+    dataset = dagbag.dags[names.DAG_DATASET]
+    scheduler_side = CronTriggerTimetable(dataset.timetable.expression, timezone="UTC")  # what the scheduler computes
+    info = scheduler_side.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=dataset.start_date, latest=None, catchup=False))
+    run_after = info.run_after.astimezone(UTC)
+    assert (run_after.weekday(), run_after.hour, run_after.minute) == (0, 0, 0)
+    assert abs(run_after - datetime.now(UTC)) <= timedelta(days=7)
+    chain = {names.DAG_TRAINING: names.ASSET_DATASET, names.DAG_REGISTRATION: names.ASSET_MODEL_ARTIFACTS,
+             names.DAG_OFFLINE_EVAL: names.ASSET_REGISTERED_MODEL, names.DAG_PROMOTION: names.ASSET_OFFLINE_EVAL}
+    for dag_id, asset_name in chain.items():
+        assert asset_name in str(dagbag.dags[dag_id].timetable.asset_condition), dag_id
