@@ -47,6 +47,5 @@ lock: $(STAMP)  ## re-resolve requirements.in into the full pinned requirements.
 	  echo "# Install torch==2.13.0 first (the CPU build), then this file: see Makefile."; \
 	  $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.txt
 
-clean:  ## remove local state (data, MLflow, Airflow home, embedded PostgreSQL); keeps .venv
-	-$(PY) -c "from include.core.local_postgres import stop_embedded; stop_embedded()" 2>/dev/null
-	rm -rf var test-artifacts
+clean:  ## remove local state: var/ (data, MLflow, Airflow homes, embedded PostgreSQL) and a local events database; keeps .venv
+	if test -x $(PY); then $(PY) -m scripts.clean; else rm -rf var test-artifacts; fi
