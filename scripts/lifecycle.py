@@ -9,13 +9,18 @@ quarantine, validation AUC, the registered version, its evaluation against the c
 the promotion decision with its reasons. Then simulate the next week (one more week of events)
 and run the chain again: the second model is gated against the first champion (the events of
 that week are generated up front with the rest, so the past stays as it was).
-Safe to re-run: the data is regenerated from its seed, dataset versions are rewritten
-identically, and each run trains (and keeps) models of its own.
+Safe to re-run, with the same end state: `var/lifecycle.json` records the simulated world (seed,
+households, weeks, last Monday) and the weeks whose chain finished. Run again in the same world,
+it reports the finished weeks without retraining and runs only the rest. In another world (a
+week later, other arguments, no record) the models, registry, replays, Airflow runs and
+promotion history it made belong to other data (replaying an old week against a newer champion
+is leakage, which the evaluation refuses), so it starts again from a clean local state.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from datetime import timedelta
@@ -50,6 +55,18 @@ def _version_tags(version: str) -> dict:
     return dict(registry_client().get_model_version(names.REGISTERED_MODEL_NAME, version).tags)
 
 
+def _version_exists(version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    from include.registration.registry import registry_client
+
+    try:
+        registry_client().get_model_version(names.REGISTERED_MODEL_NAME, version)
+        return True
+    except MlflowException:
+        return False
+
+
 def _champion() -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -61,11 +78,11 @@ def _champion() -> str | None:
         return None
 
 
-def _last_decision(dsn: str) -> dict:
+def _decision_for(dsn: str, model_version: str) -> dict:
     from include.promotion import history
 
     with history.connect(dsn) as conn:
-        return history.decisions(conn, names.REGISTERED_MODEL_NAME)[-1]
+        return [d for d in history.decisions(conn, names.REGISTERED_MODEL_NAME) if d["version"] == model_version][-1]
 
 
 SERVICES_HOME = PROJECT_ROOT / "var" / "airflow-services"
@@ -91,7 +108,13 @@ def _log_tail(services, dag_id: str, run_id: str, task: dict, lines: int = 30) -
     try:
         body = services.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task['task_id']}"
                                        f"/logs/{max(task.get('try_number') or 1, 1)}?full_content=true")
-        events = [str(e.get("event", "")) for e in body.get("content", []) if isinstance(e, dict)]
+        events = []
+        for entry in body.get("content", []):
+            if isinstance(entry, dict):
+                events.append(str(entry.get("event", "")))
+                # The exception itself is not in the message: Airflow keeps it in error_detail.
+                events += [f"{e.get('exc_type')}: {e.get('exc_value')}" for e in entry.get("error_detail") or []
+                           if isinstance(e, dict) and e.get("is_cause") is not True]
         return "\n".join(events[-lines:])
     except Exception as exc:  # noqa: BLE001 - the log is a courtesy; the failure itself is reported anyway
         return f"(log not available: {exc})"
@@ -137,27 +160,85 @@ def run_chain(services, version: str, started: float) -> None:
         _follow(services, dag_id, seen[dag_id], started)
 
 
-def report_week(dsn: str, version: str) -> None:
-    """What the chain produced for the dataset version: rows, model, version, evaluation, decision."""
-    counts = json.loads((storage.local_path(storage.dataset_uri(version)) / names.DATASET_COUNTS_FILE).read_text())
-    print(f"    dataset {version}: {counts['rows']:,} rows, {counts['quarantined']:,} events quarantined "
-          f"(bad share {100 * counts['bad_share']:.2f}%)")
+def _model_version_of_newest_model() -> str:
     newest = sorted(_complete_models())[-1]
     manifest = json.loads((Path(storage.models_root()) / newest / names.MODEL_MANIFEST_FILE).read_text())
+    version = _registered_version(manifest["training_run_id"])
+    if version is None:
+        raise ChainFailed(f"the chain finished but model {newest} has no registered version")
+    return version
+
+
+def report_week(dsn: str, dataset_version: str, model_version: str) -> None:
+    """What the chain produced for the dataset version: rows, model, version, evaluation, decision."""
+    counts = json.loads((storage.local_path(storage.dataset_uri(dataset_version)) / names.DATASET_COUNTS_FILE)
+                        .read_text())
+    print(f"    dataset {dataset_version}: {counts['rows']:,} rows, {counts['quarantined']:,} events quarantined "
+          f"(bad share {100 * counts['bad_share']:.2f}%)")
+    tags = _version_tags(model_version)
+    manifest = json.loads((Path(storage.models_root()) / tags["training_run_id"] / names.MODEL_MANIFEST_FILE)
+                          .read_text())
     metrics = manifest["final_metrics"]
     print(f"    model {manifest['training_run_id']}: validation AUC {metrics['val_auc']:.3f} "
           f"(keep-rate baseline {metrics['baseline_val_auc']:.3f})")
-    version_number = _registered_version(manifest["training_run_id"])
-    tags = _version_tags(version_number)
-    print(f"    registered version {version_number}; offline evaluation on {tags['eval_replay_window']} "
+    print(f"    registered version {model_version}; offline evaluation on {tags['eval_replay_window']} "
           f"({tags['eval_examples']} proposed meals) against baseline version {tags['eval_baseline_version']}: "
           f"ROC AUC {float(tags['eval_roc_auc']):.3f}, accuracy {float(tags['eval_accuracy']):.3f}, "
           f"log loss {float(tags['eval_log_loss']):.3f}, p95 {float(tags['eval_latency_p95_ms']):.1f} ms per plan")
-    decision = _last_decision(dsn)
+    decision = _decision_for(dsn, model_version)
     print(f"    promotion of version {decision['version']}: {decision['outcome']} "
-          f"(champion now: version {_champion() or 'none'})")
+          f"(champion today: version {_champion() or 'none'})")
     for reason in decision["reasons"] or ["every check of include/promotion/policy.json passed"]:
         print(f"      - {reason}")
+
+
+STATE_FILE = PROJECT_ROOT / "var" / "lifecycle.json"
+LOCAL_STATE = PROJECT_ROOT / "var"
+
+
+def load_state() -> dict:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def save_state(state: dict) -> None:
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    partial = STATE_FILE.with_suffix(".partial")
+    partial.write_text(json.dumps(state, indent=2, sort_keys=True))
+    partial.replace(STATE_FILE)
+
+
+def _under_var(location: str) -> Path | None:
+    """The local path of a location inside var/, or None (a server, a bucket, elsewhere: not ours)."""
+    path = Path(location.removeprefix("sqlite:///").removeprefix("file://"))
+    if "://" in location and not location.startswith(("sqlite:///", "file://")):
+        return None
+    path = path.resolve()
+    return path if path.is_relative_to(LOCAL_STATE.resolve()) else None
+
+
+def reset_local_state(dsn: str) -> None:
+    """Forget what earlier lifecycle runs made; only what lives under var/, plus the ml schema."""
+    config = settings()
+    for label, location in (("datasets, models and replays", config.storage_root),
+                            ("MLflow store", str(Path(config.mlflow_tracking_uri.removeprefix("sqlite:///")).parent)
+                             if config.mlflow_tracking_uri.startswith("sqlite:///") else config.mlflow_tracking_uri),
+                            ("MLflow artifacts", config.mlflow_artifact_root),
+                            ("Airflow runs", str(SERVICES_HOME))):
+        path = _under_var(location)
+        if path is None:
+            print(f"    left alone (not under var/): {label} at {location}")
+        elif path.exists():
+            shutil.rmtree(path)
+            print(f"    removed {label}: {path.relative_to(PROJECT_ROOT)}")
+    from include.events.db import connect
+
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
+    print("    dropped the promotion history (schema ml)")
+    STATE_FILE.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,37 +255,63 @@ def main(argv: list[str] | None = None) -> int:
     dsn = ensure_database(settings().events_dsn)
     print(f"    events database: {dsn}")
     end = generate.last_monday()
-    # One more week than the first chain reads: the second chain plays "next Monday". Generating the
-    # weeks together keeps the past as it was (regenerating would reshuffle old plans into new weeks,
-    # which the evaluation's leakage check rightly refuses).
-    _step(f"generating {args.weeks} weeks of events for {args.households:,} households up to {end.date()}, and "
-          f"the week after (seed {args.seed})")
-    counts = generate.generate_and_load(dsn, args.households, args.weeks + 1, args.seed, end + timedelta(days=7),
-                                        dirty_share=0.02, reset=True)
-    print(f"    {counts['exp.events']:,} events loaded")
+    weeks = [end, end + timedelta(days=7)]
+    world = {"households": args.households, "weeks": args.weeks, "seed": args.seed, "end": end.date().isoformat()}
+    state = load_state()
+    missing = [v for v in state.get("weeks_done", {}).values() if not _version_exists(v)]
+    if state.get("world") != world or missing:
+        why = ("no earlier run recorded" if not state else
+               f"the registry lacks version(s) {', '.join(missing)} it recorded" if state.get("world") == world else
+               f"earlier runs simulated {state.get('world')}")
+        _step(f"starting from a clean local state ({why}; this run simulates {world})")
+        reset_local_state(dsn)
+        state = {"world": world, "weeks_done": {}}
+        save_state(state)
+    done = state["weeks_done"]
+    to_run = [w for w in weeks if w.date().isoformat() not in done]
 
-    _step(f"starting Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in {SERVICES_HOME}")
-    services = AirflowServices(SERVICES_HOME, services_env(dsn), port=free_port())
+    if to_run:
+        # One more week than the first chain reads: the second chain plays "next Monday". Generating
+        # the weeks together keeps the past as it was (regenerating would reshuffle old plans into new
+        # weeks, which the evaluation's leakage check rightly refuses). Same world, same rows.
+        _step(f"generating {args.weeks} weeks of events for {args.households:,} households up to {end.date()}, "
+              f"and the week after (seed {args.seed})")
+        counts = generate.generate_and_load(dsn, args.households, args.weeks + 1, args.seed, end + timedelta(days=7),
+                                            dirty_share=0.02, reset=True)
+        print(f"    {counts['exp.events']:,} events loaded")
+
+    services = None
     try:
-        services.start()
-        for dag_id in CHAIN:
-            services.unpause(dag_id)
-        print(f"    up at {services.url} after {time.perf_counter() - started:.0f}s")
-        weeks = [end, end + timedelta(days=7)]
         for week, week_end in enumerate(weeks, start=1):
             version = week_end.date().isoformat()
+            if version in done:
+                _step(f"week {week}: already ran for dataset {version} (model version {done[version]}); "
+                      "its outcome, without retraining")
+                report_week(dsn, version, done[version])
+                continue
+            if services is None:
+                _step(f"starting Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in "
+                      f"{SERVICES_HOME}")
+                services = AirflowServices(SERVICES_HOME, services_env(dsn), port=free_port())
+                services.start()
+                for dag_id in CHAIN:
+                    services.unpause(dag_id)
+                print(f"    up at {services.url} after {time.perf_counter() - started:.0f}s")
             if week == 2:
                 _step(f"a week later: the dataset of {version} takes in the week's new events; the new model is "
                       "gated against the champion of week 1")
             _step(f"week {week}: POST /api/v2/dags/{names.DAG_DATASET}/dagRuns (end_date {version}); the Assets "
                   "chain training, registration, offline evaluation and promotion")
             run_chain(services, version, started)
-            report_week(dsn, version)
+            done[version] = _model_version_of_newest_model()
+            save_state(state)
+            report_week(dsn, version, done[version])
     except ChainFailed as failure:
         print(f"\nFAILED: {failure}", file=sys.stderr)
         return 1
     finally:
-        services.stop()
+        if services is not None:
+            services.stop()
 
     print("\nAirflow UI (these runs, their logs and the Asset graph): make airflow, then http://127.0.0.1:8080 "
           "(admin / admin)")
