@@ -87,12 +87,19 @@ class HouseholdState:
 
 @dataclass
 class Tables:
-    events: list[tuple] = field(default_factory=list)
-    households: list[tuple] = field(default_factory=list)
-    pantry: list[tuple] = field(default_factory=list)
-    constraints: list[tuple] = field(default_factory=list)
-    edits: list[tuple] = field(default_factory=list)
-    truth: list[tuple] = field(default_factory=list)
+    """Rows as lines of COPY text format (tab-separated, `\\N` for NULL), written as they are
+    made: formatting a row once is most of what loading costs on the Python side."""
+    events: list[str] = field(default_factory=list)
+    households: list[str] = field(default_factory=list)
+    pantry: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)
+    edits: list[str] = field(default_factory=list)
+    truth: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def fields(line: str) -> tuple[str | None, ...]:
+        """A line back as its values (text; None for NULL)."""
+        return tuple(None if f == NULL else f.replace("\\\\", "\\") for f in line.split("\t"))
 
 
 def _uuid(rng: random.Random) -> str:
@@ -114,6 +121,15 @@ _encode = msgspec.json.Encoder().encode
 
 def _dumps(value) -> str:
     return _encode(value).decode()
+
+
+NULL = "\\N"
+
+
+def _json_field(value) -> str:
+    """JSON as a COPY text field: backslashes doubled (tabs and newlines are escaped by JSON)."""
+    text = _encode(value).decode()
+    return text.replace("\\", "\\\\") if "\\" in text else text
 
 
 def make_recipes(seed: int, count: int = 240) -> tuple[Recipe, ...]:
@@ -147,6 +163,7 @@ def make_recipes(seed: int, count: int = 240) -> tuple[Recipe, ...]:
 
 
 @functools.cache
+@functools.cache
 def _banned(restrictions: tuple[str, ...]) -> frozenset[str]:
     return frozenset().union(*(RESTRICTION_INGREDIENTS.get(r, set()) for r in restrictions))
 
@@ -163,21 +180,36 @@ def _allowed_pool(recipes: tuple[Recipe, ...], restrictions: tuple[str, ...]) ->
 
 def keep_probability(recipe: Recipe, state: HouseholdState, workflow_type: str, mode: str) -> float:
     """The true chance a household keeps a proposed meal, from its state at plan time."""
-    logit = 0.9 + state.affinity + (0.4 if mode == "autopilot" else 0.0)
-    if not recipe.ingredients.isdisjoint(banned_ingredients(state.restrictions)):
-        logit -= 3.5
-    if not recipe.ingredients.isdisjoint(state.excluded):
-        logit -= 2.5
-    if recipe.prep_time > state.max_prep_time:
-        logit -= 0.06 * (recipe.prep_time - state.max_prep_time) * (1.5 if mode == "autopilot" else 1.0)
+    return keep_probabilities([recipe], state, workflow_type, mode)[0]
+
+
+def keep_probabilities(recipes: list[Recipe], state: HouseholdState, workflow_type: str, mode: str) -> list[float]:
+    """keep_probability for each of a plan's meals, with the state's sets built once per plan."""
+    banned = _banned(tuple(state.restrictions))
+    excluded = frozenset(state.excluded)
+    pantry = {item["name"] for item in state.pantry}
+    preferences = set(state.preferences)
+    autopilot = mode == "autopilot"
+    base = 0.9 + state.affinity + (0.4 if autopilot else 0.0)
     per_meal_budget = state.budget / 7.0
-    meal_cost = recipe.cost * state.size
-    if meal_cost > per_meal_budget:
-        logit -= 1.5 * (meal_cost / per_meal_budget - 1.0)
-    overlap = len(recipe.ingredients.intersection(item["name"] for item in state.pantry)) / len(recipe.ingredients)
-    logit += 3.0 * overlap * (1.8 if workflow_type == "pantry-first" else 1.0) - 0.8
-    logit += 0.9 * len((recipe.tags | {recipe.cuisine}) & set(state.preferences))
-    return 1.0 / (1.0 + math.exp(-logit))
+    pantry_factor = 1.8 if workflow_type == "pantry-first" else 1.0
+    out = []
+    for recipe in recipes:
+        logit = base
+        if not recipe.ingredients.isdisjoint(banned):
+            logit -= 3.5
+        if not recipe.ingredients.isdisjoint(excluded):
+            logit -= 2.5
+        if recipe.prep_time > state.max_prep_time:
+            logit -= 0.06 * (recipe.prep_time - state.max_prep_time) * (1.5 if autopilot else 1.0)
+        meal_cost = recipe.cost * state.size
+        if meal_cost > per_meal_budget:
+            logit -= 1.5 * (meal_cost / per_meal_budget - 1.0)
+        overlap = len(recipe.ingredients & pantry) / len(recipe.ingredients)
+        logit += 3.0 * overlap * pantry_factor - 0.8
+        logit += 0.9 * len((recipe.tags | {recipe.cuisine}) & preferences)
+        out.append(1.0 / (1.0 + math.exp(-logit)))
+    return out
 
 
 def _random_state(rng: random.Random) -> HouseholdState:
@@ -227,19 +259,22 @@ class _Emitter:
         self.hid = household_id
 
     def household(self, at: datetime, s: HouseholdState) -> None:
-        self.t.households.append((self.hid, _iso(at), s.size, _dumps(s.preferences), _dumps(s.restrictions)))
+        self.t.households.append(f"{self.hid}\t{at.isoformat()}\t{s.size}\t{_json_field(s.preferences)}\t"
+                                 f"{_json_field(s.restrictions)}")
 
     def pantry(self, at: datetime, s: HouseholdState) -> None:
-        self.t.pantry.append((self.hid, _iso(at), _dumps(s.pantry)))
+        self.t.pantry.append(f"{self.hid}\t{at.isoformat()}\t{_json_field(s.pantry)}")
 
     def constraints(self, at: datetime, s: HouseholdState) -> None:
-        self.t.constraints.append((self.hid, _iso(at), f"{s.budget:.2f}", s.max_prep_time, _dumps(s.excluded)))
+        self.t.constraints.append(f"{self.hid}\t{at.isoformat()}\t{s.budget:.2f}\t{s.max_prep_time}\t"
+                                  f"{_json_field(s.excluded)}")
 
-    def event(self, event_id: str, event_type: str, at: datetime, context: dict | None, payload: dict | None,
+    def event(self, event_id: str, event_type: str, at: datetime, context: str | None, payload: dict | None,
               unit_id: str | None = None) -> None:
-        self.t.events.append((event_id, event_type, unit_id or self.hid, _iso(at),
-                              _dumps(context) if context is not None else None,
-                              _dumps(payload) if payload is not None else None))
+        """`context` comes encoded (one plan's events share it); `payload` is encoded here."""
+        self.t.events.append(f"{event_id}\t{event_type}\t{unit_id or self.hid}\t{at.isoformat()}\t"
+                             f"{NULL if context is None else context}\t"
+                             f"{NULL if payload is None else _json_field(payload)}")
 
 
 def simulate_household(index: int, seed: int, start: datetime, weeks: int, recipes: tuple[Recipe, ...],
@@ -295,7 +330,7 @@ def _simulate_plan(rng: random.Random, out: _Emitter, week: int, weeks: int, pla
     workflow_type = rng.choices(*WORKFLOW_TYPES)[0]
     mode = rng.choices(*MODES)[0]
     policy = POLICY_VERSIONS[1] if rollout < (week + 1) / weeks else POLICY_VERSIONS[0]
-    context = {"workflow_type": workflow_type, "mode": mode, "policy_version_id": policy}
+    context = _json_field({"workflow_type": workflow_type, "mode": mode, "policy_version_id": policy})
     plan_id = _uuid(rng)
     days = sorted(rng.sample(range(7), rng.randint(5, 7)))
     dirty = rng.choice(DIRTY_KINDS) if rng.random() < dirty_share else None
@@ -313,9 +348,8 @@ def _simulate_plan(rng: random.Random, out: _Emitter, week: int, weeks: int, pla
     if dirty != "acceptance_without_generation":
         out.event(_uuid(rng), "plan_generated", plan_time, context, {"plan_id": plan_id, "plan": {"meals": proposed_meals}},
                   unit_id=unit_id)
-    p_keeps = [keep_probability(recipe, state, workflow_type, mode) for recipe in proposed]
-    for recipe, p_keep in zip(proposed, p_keeps):
-        out.t.truth.append((plan_id, recipe.recipe_id, p_keep))
+    p_keeps = keep_probabilities(proposed, state, workflow_type, mode)
+    out.t.truth.extend([f"{plan_id}\t{recipe.recipe_id}\t{p_keep!r}" for recipe, p_keep in zip(proposed, p_keeps)])
 
     for _ in range(rng.randint(0, 2)):
         out.event(_uuid(rng), "plan_viewed", plan_time + timedelta(minutes=rng.uniform(1, 120)), context, {"plan_id": plan_id})
@@ -346,7 +380,8 @@ def _simulate_plan(rng: random.Random, out: _Emitter, week: int, weeks: int, pla
         edits.append((accepted_at + timedelta(hours=rng.uniform(1, 48)), EDIT_SERVINGS,
                       {"day": meal["day"], "servings": meal["servings"] + 1}))
     for edit_at, edit_type, details in edits:
-        out.t.edits.append((_uuid(rng), plan_id, out.hid, _iso(edit_at), edit_type, _dumps(details)))
+        out.t.edits.append(f"{_uuid(rng)}\t{plan_id}\t{out.hid}\t{edit_at.isoformat()}\t{edit_type}\t"
+                           f"{_json_field(details)}")
 
     payload: dict = {"plan_id": plan_id, "plan": {"meals": accepted_meals}}
     if dirty == "missing_plan_id":
@@ -400,7 +435,7 @@ def generate(households: int, weeks: int, seed: int, end: datetime, dirty_share:
 
 def _copy_field(value) -> str:
     if value is None:
-        return "\\N"
+        return NULL
     text = value if isinstance(value, str) else str(value)
     return text.replace("\\", "\\\\") if "\\" in text else text
 
@@ -413,17 +448,21 @@ def _tsv(rows: list[tuple]) -> str:
     return "\n".join("\t".join(map(_copy_field, row)) for row in rows) + "\n"
 
 
+def _lines(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _generate_chunk(job: tuple[int, int, int, int, datetime, float]) -> dict[str, str]:
     """A worker's share: CSV text per table (cheap to send back to the loading process)."""
     first, count, weeks, seed, end, dirty_share = job
     _, tables = generate(count, weeks, seed, end, dirty_share, first_household=first)
     return {
-        "app.households": _tsv(tables.households),
-        "app.pantry_snapshots": _tsv(tables.pantry),
-        "app.constraints": _tsv(tables.constraints),
-        "app.plan_edits": _tsv(tables.edits),
-        "sim.keep_truth": _tsv(tables.truth),
-        "exp.events": _tsv(tables.events),
+        "app.households": _lines(tables.households),
+        "app.pantry_snapshots": _lines(tables.pantry),
+        "app.constraints": _lines(tables.constraints),
+        "app.plan_edits": _lines(tables.edits),
+        "sim.keep_truth": _lines(tables.truth),
+        "exp.events": _lines(tables.events),
     }
 
 
@@ -448,6 +487,8 @@ def generate_and_load(dsn: str, households: int, weeks: int, seed: int, end: dat
                 f"exp.events already holds {existing:,} rows; pass --reset to replace the generated data "
                 "(it truncates the source tables of this database)")
         cur.execute("TRUNCATE " + ", ".join(SOURCE_TABLES))
+        # Sorting for the keys and indexes built after the load fits in memory (the default 64 MB spills).
+        cur.execute("SET LOCAL maintenance_work_mem = '512MB'")
         for index in SECONDARY_INDEXES:
             cur.execute(f"DROP INDEX IF EXISTS {index}")
         for table, (constraint, _) in PRIMARY_KEYS.items():
@@ -472,7 +513,9 @@ def generate_and_load(dsn: str, households: int, weeks: int, seed: int, end: dat
 
 
 def _copy_text(cur, table: str, columns: str, text: str) -> None:
-    with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+    # FREEZE: the tables were truncated in this transaction, so rows can be written frozen and the
+    # pages marked all-visible (no hint-bit writes or vacuum on the first reads).
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FREEZE)") as copy:
         copy.write(text)
 
 

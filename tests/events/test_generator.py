@@ -31,10 +31,26 @@ def test_same_seed_same_rows_whatever_the_chunking():
 
 def test_events_stay_before_the_end_and_state_starts_before_the_first_plan():
     _, tables = generate.generate(30, 4, seed=1, end=END, dirty_share=0.0)
-    event_times = [datetime.fromisoformat(e[3]) for e in tables.events]
+    event_times = [datetime.fromisoformat(generate.Tables.fields(e)[3]) for e in tables.events]
     assert max(event_times) < END + generate.timedelta(days=2)  # an acceptance may come after the end
-    first_state = min(datetime.fromisoformat(h[1]) for h in tables.households)
+    first_state = min(datetime.fromisoformat(generate.Tables.fields(h)[1]) for h in tables.households)
     assert first_state < min(event_times)
+
+
+def test_rows_are_copy_text_lines_whose_fields_read_back():
+    """Rows are written as COPY text lines: six fields per event, NULL as \\N, valid JSON."""
+    import json
+
+    _, tables = generate.generate(5, 2, seed=3, end=END, dirty_share=0.0)
+    for line in tables.events:
+        event_id, event_type, unit_id, at, context, payload = generate.Tables.fields(line)
+        assert datetime.fromisoformat(at).tzinfo is not None and event_type.startswith("plan_")
+        assert set(json.loads(context)) == {"workflow_type", "mode", "policy_version_id"}
+        assert "plan_id" in json.loads(payload)
+    plan_id, recipe_id, p_keep = generate.Tables.fields(tables.truth[0])
+    assert 0.0 < float(p_keep) < 1.0
+    assert generate.Tables.fields("a\t\\N\t{\"k\": \"x\\\\\\\\y\"}") == ("a", None, '{"k": "x\\\\y"}')
+    assert generate._json_field({"k": "x\\y"}) == '{"k":"x\\\\\\\\y"}'  # a backslash in the data is escaped for COPY
 
 
 def test_keep_probability_follows_the_documented_relation():
