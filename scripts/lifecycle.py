@@ -221,24 +221,39 @@ def _under_var(location: str) -> Path | None:
 
 def reset_local_state(dsn: str) -> None:
     """Forget what earlier lifecycle runs made; only what lives under var/, plus the ml schema."""
+    from include.core.local_postgres import embedded_pgdata
+
     config = settings()
+    tracking = config.mlflow_tracking_uri
     for label, location in (("datasets, models and replays", config.storage_root),
-                            ("MLflow store", str(Path(config.mlflow_tracking_uri.removeprefix("sqlite:///")).parent)
-                             if config.mlflow_tracking_uri.startswith("sqlite:///") else config.mlflow_tracking_uri),
+                            ("MLflow store", tracking),
                             ("MLflow artifacts", config.mlflow_artifact_root),
                             ("Airflow runs", str(SERVICES_HOME))):
         path = _under_var(location)
         if path is None:
             print(f"    left alone (not under var/): {label} at {location}")
+            continue
+        if path == LOCAL_STATE.resolve() or embedded_pgdata().resolve().is_relative_to(path):
+            print(f"    left alone (it would take all of var/ or the embedded PostgreSQL with it): {label} at {path}")
+            continue
+        if path.is_file():
+            for companion in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                companion.unlink(missing_ok=True)
         elif path.exists():
             shutil.rmtree(path)
-            print(f"    removed {label}: {path.relative_to(PROJECT_ROOT)}")
+        else:
+            continue
+        print(f"    removed {label}: {path.relative_to(LOCAL_STATE.resolve().parent)}")
+    _drop_promotion_history(dsn)
+    print("    dropped the promotion history (schema ml)")
+    STATE_FILE.unlink(missing_ok=True)
+
+
+def _drop_promotion_history(dsn: str) -> None:
     from include.events.db import connect
 
     with connect(dsn, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
-    print("    dropped the promotion history (schema ml)")
-    STATE_FILE.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
