@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     end = generate.last_monday()
     weeks = [end, end + timedelta(days=7)]
     world = {"households": args.households, "weeks": args.weeks, "seed": args.seed, "end": end.date().isoformat()}
-    state = load_state()
+    state = state_before = load_state()
     missing = [v for v in state.get("weeks_done", {}).values() if not _version_exists(v)]
     if state.get("world") != world or missing:
         why = ("no earlier run recorded" if not state else
@@ -282,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         reset_local_state(dsn)
         state = {"world": world, "weeks_done": {}}
         save_state(state)
+        if state_before.get("weeks_done"):
+            # This process has an MLflow client on the store just deleted (MLflow caches its SQLite
+            # engine per URI): carry on in a fresh process, which finds the recorded world and no weeks.
+            print("    continuing in a fresh process", flush=True)
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "scripts.lifecycle",
+                                      *(sys.argv[1:] if argv is None else argv)])
     done = state["weeks_done"]
     to_run = [w for w in weeks if w.date().isoformat() not in done]
 
