@@ -4,37 +4,22 @@ offline evaluation and promotion; a Params value outside its schema is refused w
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 
 import pytest
 
 from include.core import names
+from scripts.airflow_env import airflow_env
 from scripts.airflow_services import AirflowServices
 from scripts.lifecycle import CHAIN, ChainFailed, run_chain
+from tests.conftest import isolated_planner
 
 
 @pytest.fixture(scope="module")
 def chain_stack(training_events_dsn, tmp_path_factory):
-    from include.core.config import OFFLINE_ENV, PROJECT_ROOT
-    from include.core.local_postgres import airflow_connection_json
-    from include.promotion.history import connect
-
     base = tmp_path_factory.mktemp("chain")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
-           "PLANNER_MLFLOW_ARTIFACT_ROOT": str(base / "artifacts"),
-           "PLANNER_STORAGE_ROOT": str(base / "storage"),
-           "AIRFLOW_CONN_EVENTS_DB": airflow_connection_json(training_events_dsn),
-           "PLANNER_DATASET_SCHEDULE": "none"}
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        patch.delenv("REDIS_URL", raising=False)
-        with connect(training_events_dsn, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
-        services = AirflowServices(base / "airflow", {
-            **os.environ, **OFFLINE_ENV, "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}).start()
+    with isolated_planner(base, training_events_dsn, PLANNER_DATASET_SCHEDULE="none"):
+        services = AirflowServices(base / "airflow", airflow_env()).start()
         try:
             for dag_id in CHAIN:
                 services.unpause(dag_id)

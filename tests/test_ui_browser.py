@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -68,12 +67,10 @@ class Page:
 
 @pytest.fixture(scope="module")
 def browser_stack(tmp_path_factory):
-    from include.core.config import OFFLINE_ENV
+    from scripts.airflow_env import airflow_env
 
     base = tmp_path_factory.mktemp("ui")
-    services = AirflowServices(base / "airflow", {
-        **os.environ, **OFFLINE_ENV, "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}).start()
+    services = AirflowServices(base / "airflow", airflow_env()).start()
     port = free_port()
     chromium = subprocess.Popen(
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

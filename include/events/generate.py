@@ -112,10 +112,6 @@ _UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID_V4 = (0x4000 << 64) | (0x8000 << 48)
 
 
-def _iso(ts: datetime) -> str:
-    return ts.isoformat()
-
-
 _encode = msgspec.json.Encoder().encode
 
 

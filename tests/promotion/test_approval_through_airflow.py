@@ -4,15 +4,14 @@ answers through the REST API; on Approve the champion moves and the approver is 
 Reject nothing moves and the rejection is recorded with who said no."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 
 import pytest
 
 from include.core import names
+from scripts.airflow_env import airflow_env
 from scripts.airflow_services import AirflowServices
+from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 
 MODEL = names.REGISTERED_MODEL_NAME
 
@@ -22,35 +21,15 @@ def stack(trained_model, training_events_dsn, tmp_path_factory):
     """A registry (SQLite, shared with the services) holding two evaluated versions; Airflow services."""
     import mlflow
 
-    from include.core.config import OFFLINE_ENV, PROJECT_ROOT
-    from include.core.local_postgres import airflow_connection_json
-    from include.promotion.history import connect
     from include.registration.registry import register
 
     base = tmp_path_factory.mktemp("approval")
-    retrain = base / "models" / "planner_acceptance-v20261123_040506"
-    shutil.copytree(trained_model, retrain)
-    manifest = json.loads((retrain / names.MODEL_MANIFEST_FILE).read_text())
-    manifest["training_run_id"] = retrain.name
-    (retrain / names.MODEL_MANIFEST_FILE).write_text(json.dumps(manifest))
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
-           "PLANNER_MLFLOW_ARTIFACT_ROOT": str(base / "artifacts"),
-           "PLANNER_STORAGE_ROOT": str(base / "storage"),
-           "AIRFLOW_CONN_EVENTS_DB": airflow_connection_json(training_events_dsn),
-           # test models train for seconds: looser absolutes than the defaults (see test_promotion_dag)
-           "DEPLOY_ACCURACY_THRESHOLD": "0.5", "DEPLOY_LOSS_THRESHOLD": "0.7", "DEPLOY_VAL_LOSS_THRESHOLD": "0.7"}
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        patch.delenv("REDIS_URL", raising=False)
-        with connect(training_events_dsn, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
+    retrain = copy_as_new_training_run(trained_model, base / "models" / "planner_acceptance-v20261123_040506")
+    with isolated_planner(base, training_events_dsn, **FAST_MODEL_GATE) as (env, _):
         client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
         assert [register(trained_model).version, register(retrain).version] == ["1", "2"]
         _evaluate(training_events_dsn, "1")
-        services = AirflowServices(base / "airflow", {
-            **os.environ, **OFFLINE_ENV, **env, "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}).start()
+        services = AirflowServices(base / "airflow", airflow_env()).start()
         try:
             services.unpause(names.DAG_PROMOTION)
             yield services, client, training_events_dsn

@@ -6,12 +6,12 @@ previous champion, a dry run moves nothing."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from include.core import names
+from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -33,34 +33,15 @@ def world(trained_model, shuffled_label_model, training_events_dsn, tmp_path_fac
     import mlflow
     import redis
 
-    from include.core.local_postgres import airflow_connection_json
-    from include.promotion.history import connect
     from include.registration.registry import register
 
     root = tmp_path_factory.mktemp("promotion")
-    retrain = root / "models" / "planner_acceptance-v20261123_030405"
-    shutil.copytree(trained_model, retrain)
-    manifest = json.loads((retrain / names.MODEL_MANIFEST_FILE).read_text())
-    manifest["training_run_id"] = retrain.name
-    (retrain / names.MODEL_MANIFEST_FILE).write_text(json.dumps(manifest))
+    retrain = copy_as_new_training_run(trained_model, root / "models" / "planner_acceptance-v20261123_030405")
     has_redis = _redis_answers()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("PLANNER_MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
-        patch.setenv("PLANNER_STORAGE_ROOT", str(root / "storage"))
-        patch.setenv("AIRFLOW_CONN_EVENTS_DB", airflow_connection_json(training_events_dsn))
-        # The test models are trained for seconds, not minutes: looser absolutes than the defaults (which
-        # `make lifecycle`'s model passes), the same checks; ROC AUC >= 0.70 still tells good from shuffled.
-        patch.setenv("DEPLOY_ACCURACY_THRESHOLD", "0.5")
-        patch.setenv("DEPLOY_LOSS_THRESHOLD", "0.7")
-        patch.setenv("DEPLOY_VAL_LOSS_THRESHOLD", "0.7")
+    with isolated_planner(root, training_events_dsn, **FAST_MODEL_GATE) as (_, patch):
         if has_redis:
             patch.setenv("REDIS_URL", REDIS_URL)
             redis.Redis.from_url(REDIS_URL).flushdb()
-        else:
-            patch.delenv("REDIS_URL", raising=False)
-        with connect(training_events_dsn, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
         versions = [register(trained_model).version, register(shuffled_label_model).version, register(retrain).version]
         assert versions == ["1", "2", "3"]
         yield {"client": mlflow.MlflowClient(), "dsn": training_events_dsn, "redis": has_redis}

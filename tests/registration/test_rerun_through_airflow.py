@@ -5,13 +5,13 @@ triggerer; LocalExecutor) and an MLflow tracking server: the registry is down wh
 API, and nothing else runs again, and the version count stays one."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
 import pytest
 
 from include.core import names
+from scripts.airflow_env import airflow_env
 from scripts.airflow_services import AirflowServices, MlflowServer, free_port
 
 UPSTREAM = ("resolve_model_path", "wait_for_artifacts", "verify_artifacts")
@@ -21,16 +21,13 @@ UPSTREAM = ("resolve_model_path", "wait_for_artifacts", "verify_artifacts")
 def stack(trained_model, tmp_path_factory):
     """Airflow services over a storage root holding the trained model; the MLflow server's port
     is reserved but the server is not started (the test starts it)."""
-    from include.core.config import OFFLINE_ENV, PROJECT_ROOT
 
     base = tmp_path_factory.mktemp("stack")
     storage = base / "storage"
     model_dir = storage / "models" / names.REGISTERED_MODEL_NAME / trained_model.name
     shutil.copytree(trained_model, model_dir)
     mlflow_server = MlflowServer(base / "mlflow", port=free_port())
-    env = {**os.environ, **OFFLINE_ENV,
-           "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    env = {**airflow_env(),
            "PLANNER_STORAGE_ROOT": str(storage),
            "MLFLOW_TRACKING_URI": mlflow_server.url,
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
