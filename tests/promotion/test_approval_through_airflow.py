@@ -45,18 +45,27 @@ def _evaluate(dsn: str, version: str) -> None:
 
 
 def _await_input(services, run_id: str, timeout: float = 180) -> None:
-    """Until the approval task waits for a person, and a little longer: an answer within about a second
-    of the task parking raced the scheduler's handling of that first execution (Airflow 3.3.2 then
-    re-queued the task and failed it), which a person at the UI never does."""
+    """Until the approval task waits for a person and the scheduler has taken in the end of that
+    first execution. An answer before then raced it: Airflow 3.3.2 re-queued the task for the
+    answer, then read the parked execution's exit as the new one's and failed it. Seen with the
+    parked worker taking 5 s to exit on a busy machine; a person at the UI never answers that fast."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = services.task_instances(names.DAG_PROMOTION, run_id).get("await_approval", {}).get("state")
         if state == "awaiting_input":
-            time.sleep(5)
-            return
+            break
         assert services.run_state(names.DAG_PROMOTION, run_id) in ("queued", "running"), "the run ended before asking"
         time.sleep(1)
-    raise TimeoutError("await_approval never asked for input")
+    else:
+        raise TimeoutError("await_approval never asked for input")
+    scheduler_log = services.home / "service-logs" / "scheduler.log"
+    parked = (f"TaskInstance Finished: dag_id={names.DAG_PROMOTION}, task_id=await_approval, run_id={run_id},")
+    while time.monotonic() < deadline:
+        if any(parked in line and "state=awaiting_input" in line for line in scheduler_log.read_text().splitlines()):
+            time.sleep(1)
+            return
+        time.sleep(1)
+    raise TimeoutError("the scheduler never took in the parked execution of await_approval")
 
 
 def _answer(services, run_id: str, option: str) -> dict:
