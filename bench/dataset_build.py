@@ -28,7 +28,14 @@ from pathlib import Path
 
 from include.core.config import settings
 from include.core.local_postgres import ensure_database
-from include.dataset.build import arrow_connect, bind_settings, extract_partition, fetch_arrow, sql_text
+from include.dataset.build import (
+    arrow_connect,
+    bind_settings,
+    extract_partition,
+    extraction_session_settings,
+    fetch_arrow,
+    sql_text,
+)
 from include.dataset.window import partition_bounds, resolve_window
 from include.events import generate
 from include.events.db import connect
@@ -58,7 +65,8 @@ def raw_fetch_same_rows(dsn: str) -> int:
     """Baseline: the whole candidate statement fetched as one Arrow table on one connection."""
     conn = arrow_connect(dsn)
     try:
-        bind_settings(conn, {"planner.window_start": WINDOW.start, "planner.window_end": WINDOW.end,
+        bind_settings(conn, {**extraction_session_settings(),
+                             "planner.window_start": WINDOW.start, "planner.window_end": WINDOW.end,
                              "planner.plan_id_from": "", "planner.plan_id_to": ""})
         with conn.cursor() as cur:
             cur.execute(sql_text("candidate_rows.sql"))
@@ -154,15 +162,15 @@ def naive_with_one_connection(dsn: str, events: list[tuple]) -> float:
 
 def naive_with_hook_calls(dsn: str, events: list[tuple]) -> float:
     """What the loop becomes inside an Airflow task: PostgresHook.get_records per lookup."""
-    import logging
     import os
 
     from include.core.local_postgres import airflow_connection_json
 
     os.environ["AIRFLOW_CONN_EVENTS_DB"] = airflow_connection_json(dsn)
+    # Airflow logs two lines per call through structlog; its own setting silences them (read
+    # when Airflow is first imported, which is here).
+    os.environ.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "airflow.task.hooks=WARNING")
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    logging.getLogger("airflow.task.hooks").setLevel(logging.WARNING)  # one "Rows affected" line per call
 
     hook = PostgresHook(postgres_conn_id="events_db")
     return naive_per_event(events, lambda sql, params: hook.get_records(sql, parameters=params))

@@ -39,6 +39,7 @@ class Settings:
     holdout_days: int
     max_bad_share: float
     extract_parallelism: int
+    extract_work_mem: str      # PostgreSQL work_mem of the extraction's sessions (its sorts and CTEs stay in memory)
     dataset_schedule: str | None  # cron of planner_dataset; None: only triggered (from the UI, REST or make lifecycle)
 
 
@@ -54,6 +55,7 @@ def settings() -> Settings:
         holdout_days=int(_env("PLANNER_HOLDOUT_DAYS", "7")),
         max_bad_share=float(_env("PLANNER_MAX_BAD_SHARE", "0.05")),
         extract_parallelism=max(1, int(_env("PLANNER_EXTRACT_PARALLELISM", "2"))),
+        extract_work_mem=_env("PLANNER_EXTRACT_WORK_MEM", "256MB"),
         dataset_schedule=None if _env("PLANNER_DATASET_SCHEDULE", "0 0 * * 1").lower() in ("none", "off", "manual")
         else _env("PLANNER_DATASET_SCHEDULE", "0 0 * * 1"),
     )

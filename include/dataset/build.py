@@ -56,10 +56,12 @@ def bind_settings(conn, settings: dict[str, object]) -> None:
         cur.fetchall()
 
 
-def fetch_arrow(dsn: str, sql: str, params: tuple = ()):
+def fetch_arrow(dsn: str, sql: str, params: tuple = (), session: dict[str, object] | None = None):
     """Run one statement on its own connection and return the whole result as an Arrow table."""
     conn = arrow_connect(dsn)
     try:
+        if session:
+            bind_settings(conn, session)
         with conn.cursor() as cur:
             cur.execute(sql, params)
             return cur.fetch_arrow_table()
@@ -68,7 +70,8 @@ def fetch_arrow(dsn: str, sql: str, params: tuple = ()):
 
 
 def fetch_window_counts(dsn: str, window: Window) -> dict:
-    table = fetch_arrow(dsn, sql_text("window_counts.sql"), (window.start, window.end))
+    table = fetch_arrow(dsn, sql_text("window_counts.sql"), (window.start, window.end),
+                        session=extraction_session_settings())
     per_type = {row["event_type"]: row for row in table.to_pylist()}
     return {
         "events_by_type": {t: {"events": r["events"], "deliveries": r["deliveries"]} for t, r in per_type.items()},
@@ -105,19 +108,48 @@ def extract_partition(dsn: str, window: Window, low: str, high: str, part_dir: P
         with conn.cursor() as cur, \
                 pq.ParquetWriter(rows_path, schema.arrow_schema(schema.TRAINING_FIELDS)) as rows_out, \
                 pq.ParquetWriter(quarantine_path, schema.arrow_schema(schema.QUARANTINE_FIELDS)) as quarantine_out:
-            bind_settings(conn, {"planner.window_start": window.start, "planner.window_end": window.end,
+            bind_settings(conn, {**extraction_session_settings(),
+                                 "planner.window_start": window.start, "planner.window_end": window.end,
                                  "planner.plan_id_from": low, "planner.plan_id_to": high})
             cur.execute(sql_text("candidate_rows.sql"))
+            last_plan_id = None
             for batch in cur.fetch_record_batch():
                 table = pa.Table.from_batches([batch])
                 good = pc.is_null(table["reject_reason"])
                 rows = _conform(table.filter(good), schema.TRAINING_FIELDS)
+                last_plan_id = _check_plan_id_order(rows["plan_id"], last_plan_id)
                 rows_out.write_table(rows)
                 quarantine_out.write_table(_conform(table.filter(pc.invert(good)), schema.QUARANTINE_FIELDS))
                 recipe_ids.update(_mentioned_recipe_ids(rows))
     finally:
         conn.close()
     return {"rows": rows_path, "quarantine": quarantine_path, "recipe_ids": recipe_ids}
+
+
+def extraction_session_settings() -> dict[str, str]:
+    """Settings of an extraction session: enough work_mem for its sorts and CTEs, and no
+    parallel query, so the statement's output order is its nested loop's (see candidate_rows.sql)."""
+    from include.core.config import settings
+
+    return {"work_mem": settings().extract_work_mem, "max_parallel_workers_per_gather": "0"}
+
+
+class ExtractionOrderError(RuntimeError):
+    """The candidate rows did not come out in plan_id order: nothing may be published."""
+
+
+def _check_plan_id_order(plan_ids, previous: str | None) -> str | None:
+    """Training rows must arrive in strictly increasing plan_id (C collation, i.e. byte) order."""
+    import pyarrow.compute as pc
+
+    if len(plan_ids) == 0:
+        return previous
+    first = plan_ids[0].as_py()
+    increasing = len(plan_ids) < 2 or pc.all(pc.less(plan_ids[:-1], plan_ids[1:])).as_py()
+    if not increasing or (previous is not None and not previous < first):
+        raise ExtractionOrderError("candidate rows came out of plan_id order; the build stops and "
+                                   "publishes nothing (is parallel query forced on this server?)")
+    return plan_ids[-1].as_py()
 
 
 def _mentioned_recipe_ids(rows) -> set[str]:

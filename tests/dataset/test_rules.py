@@ -304,3 +304,17 @@ def test_an_empty_window_builds_an_empty_table_with_the_full_schema(world):
 
     assert built.rows.num_rows == 0 and built.rows.schema.names == [f[0] for f in schema.TRAINING_FIELDS]
     assert built.counts["bad_share"] == 0.0
+
+
+def test_rows_out_of_plan_id_order_stop_the_build_before_anything_is_written():
+    """The statement's order comes from its plan (no final sort); the build checks it per batch."""
+    import pyarrow as pa
+
+    from include.dataset.build import ExtractionOrderError, _check_plan_id_order
+
+    assert _check_plan_id_order(pa.array(["0a", "0b", "f1"]), None) == "f1"
+    assert _check_plan_id_order(pa.array([], pa.string()), "f1") == "f1"
+    with pytest.raises(ExtractionOrderError, match="out of plan_id order"):
+        _check_plan_id_order(pa.array(["0b", "0a"]), None)
+    with pytest.raises(ExtractionOrderError):  # across batches, and never the same plan twice
+        _check_plan_id_order(pa.array(["f1", "f2"]), "f1")

@@ -8,8 +8,13 @@
 --   * household, pantry, constraints = the version with the greatest valid_from <= plan time;
 --   * previous_plan = the household's latest first-acceptance strictly before the plan time;
 --   * user_edits = the plan's edits with timestamp <= acceptance, in time order.
--- Per-plan lookups are index probes (LIMIT 1 on an index whose order matches the ORDER BY);
--- per-meal checks are set-based (one explode, one hash join), never a query per event.
+-- Per-plan lookups are index probes (LIMIT 1 on an index whose order matches the ORDER BY)
+-- in one nested loop over the plans in plan_id order; meals are checked against one hashed
+-- set of recipe ids; never a query per event. Output: the training-row candidates in plan_id
+-- order (C collation), then the malformed events. The wide rows are never sorted: the order
+-- comes from `accepted` through the nested loop, and the caller (build.extract_partition)
+-- checks it and runs this with parallel query off, so an Append can only read its branches
+-- in turn.
 -- Parameters are session settings the caller binds first (build.bind_settings), so this
 -- statement has no bind parameters and the driver can stream it with COPY instead of
 -- buffering the whole result: planner.window_start / planner.window_end (timestamptz),
@@ -23,35 +28,36 @@ WITH params AS MATERIALIZED (
            current_setting('planner.plan_id_from') AS plan_id_from,
            current_setting('planner.plan_id_to') AS plan_id_to
 ),
-window_events AS (
+-- Sorted on the stored jsonb, not its text: ties between deliveries of one event_id are rare,
+-- and jsonb compares without rendering every payload as text first.
+window_events AS MATERIALIZED (
     SELECT DISTINCT ON (e.event_id)
            e.event_id, e.event_type, e.unit_id, e."timestamp", e.context, e.payload,
-           e.payload ->> 'plan_id' AS plan_id
+           e.payload ->> 'plan_id' AS plan_id,
+           coalesce((e.payload ->> 'plan_id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false)
+               AS has_plan_id,
+           -- a non-empty list; its elements are checked per plan in `joined`
+           coalesce(jsonb_typeof(e.payload -> 'plan' -> 'meals') = 'array'
+                    AND jsonb_array_length(e.payload -> 'plan' -> 'meals') > 0, false) AS has_meals
     FROM exp.events e CROSS JOIN params
     WHERE e.event_type IN ('plan_generated', 'plan_accepted')
       AND e."timestamp" >= params.window_start AND e."timestamp" < params.window_end
       AND CASE WHEN e.payload ->> 'plan_id' IS NULL THEN params.plan_id_from = ''
                ELSE (e.payload ->> 'plan_id') COLLATE "C" >= params.plan_id_from
                     AND (params.plan_id_to = '' OR (e.payload ->> 'plan_id') COLLATE "C" < params.plan_id_to) END
-    ORDER BY e.event_id, e."timestamp", e.event_type, e.payload::text
+    ORDER BY e.event_id, e."timestamp", e.event_type, e.payload
 ),
-checked AS (
-    SELECT w.*,
-           coalesce(w.plan_id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false) AS has_plan_id,
-           -- a non-empty list; its elements are checked once, set-based, in `meals`
-           coalesce(jsonb_typeof(w.payload -> 'plan' -> 'meals') = 'array'
-                    AND jsonb_array_length(w.payload -> 'plan' -> 'meals') > 0, false) AS has_meals
-    FROM window_events w
-),
+-- In plan_id order (C collation): every join below is a per-plan nested loop that keeps it,
+-- so the wide rows are never sorted.
 accepted AS (
-    SELECT DISTINCT ON (c.plan_id) c.*
-    FROM checked c CROSS JOIN params
+    SELECT DISTINCT ON (c.plan_id COLLATE "C") c.*
+    FROM window_events c CROSS JOIN params
     WHERE c.event_type = 'plan_accepted' AND c.has_plan_id
       AND NOT EXISTS (
           SELECT 1 FROM exp.events p
           WHERE (p.payload ->> 'plan_id') = c.plan_id AND p.event_type = 'plan_accepted'
             AND p."timestamp" < params.window_start)
-    ORDER BY c.plan_id, c."timestamp", c.event_id
+    ORDER BY c.plan_id COLLATE "C", c."timestamp", c.event_id
 ),
 joined AS (
     SELECT
@@ -63,7 +69,9 @@ joined AS (
         hh.size, hh.preferences, hh.restrictions, hh.valid_from AS household_valid_from,
         pan.items, pan.valid_from AS pantry_valid_from,
         con.budget, con.max_prep_time, con.excluded_ingredients, con.valid_from AS constraints_valid_from,
-        prev.previous_plan
+        prev.previous_plan,
+        u.accepted_malformed, u.proposed_malformed, u.unknown_recipe_ids,
+        ed.user_edits AS edits_json, ed.n_user_edits AS edits_count
     FROM accepted a
     LEFT JOIN LATERAL (
         SELECT g."timestamp" AS generated_at, g.context, g.payload,
@@ -107,55 +115,49 @@ joined AS (
         ORDER BY p."timestamp" DESC, p.event_id DESC
         LIMIT 1
     ) prev ON true
-),
--- Every meal of both plans, exploded once: a meal that is not an object with a string
--- recipe_id makes its plan invalid; a recipe_id not in app.recipes makes it unknown.
-meals AS (
-    SELECT j.plan_id, 'proposed' AS side,
-           CASE WHEN jsonb_typeof(m -> 'recipe_id') = 'string' THEN lower(m ->> 'recipe_id') END AS recipe_id
-    FROM joined j CROSS JOIN LATERAL jsonb_array_elements(j.proposed_plan -> 'meals') m
-    WHERE j.generated_has_meals
-    UNION ALL
-    SELECT j.plan_id, 'accepted',
-           CASE WHEN jsonb_typeof(m -> 'recipe_id') = 'string' THEN lower(m ->> 'recipe_id') END
-    FROM joined j CROSS JOIN LATERAL jsonb_array_elements(j.accepted_plan -> 'meals') m
-    WHERE j.has_meals
-),
-meal_problems AS (
-    SELECT m.plan_id,
-           bool_or(m.side = 'accepted' AND m.recipe_id IS NULL) AS accepted_malformed,
-           bool_or(m.side = 'proposed' AND m.recipe_id IS NULL) AS proposed_malformed,
-           string_agg(DISTINCT m.recipe_id, ',' ORDER BY m.recipe_id) FILTER (WHERE m.recipe_id IS NOT NULL)
-               AS unknown_recipe_ids
-    FROM meals m LEFT JOIN app.recipes r ON r.recipe_id::text = m.recipe_id
-    WHERE r.recipe_id IS NULL
-    GROUP BY m.plan_id
-),
-edits AS (
-    SELECT j.plan_id,
-           jsonb_agg(coalesce(ed.details, '{}'::jsonb)
-                     || jsonb_build_object('type', ed.edit_type, 'timestamp', ed."timestamp")
-                     ORDER BY ed."timestamp", ed.edit_id) AS user_edits,
-           count(*) AS n_user_edits
-    FROM joined j JOIN app.plan_edits ed ON ed.plan_id = j.plan_id::uuid AND ed."timestamp" <= j.accepted_at
-    GROUP BY j.plan_id
+    -- Every meal of both plans: a meal that is not an object with a string recipe_id makes its
+    -- plan invalid; a recipe_id not in app.recipes (one hashed set for the statement) makes it unknown.
+    LEFT JOIN LATERAL (
+        SELECT bool_or(m.side = 'accepted' AND m.recipe_id IS NULL) AS accepted_malformed,
+               bool_or(m.side = 'proposed' AND m.recipe_id IS NULL) AS proposed_malformed,
+               string_agg(DISTINCT m.recipe_id, ',' ORDER BY m.recipe_id) FILTER (WHERE m.recipe_id IS NOT NULL)
+                   AS unknown_recipe_ids
+        FROM (
+            SELECT 'proposed' AS side,
+                   CASE WHEN jsonb_typeof(x -> 'recipe_id') = 'string' THEN lower(x ->> 'recipe_id') END AS recipe_id
+            FROM jsonb_array_elements(CASE WHEN gen.has_meals THEN gen.payload -> 'plan' -> 'meals' END) x
+            UNION ALL
+            SELECT 'accepted',
+                   CASE WHEN jsonb_typeof(x -> 'recipe_id') = 'string' THEN lower(x ->> 'recipe_id') END
+            FROM jsonb_array_elements(CASE WHEN a.has_meals THEN a.payload -> 'plan' -> 'meals' END) x
+        ) m
+        WHERE m.recipe_id IS NULL OR m.recipe_id NOT IN (SELECT r.recipe_id::text FROM app.recipes r)
+    ) u ON true
+    LEFT JOIN LATERAL (
+        SELECT jsonb_agg(coalesce(e.details, '{}'::jsonb)
+                         || jsonb_build_object('type', e.edit_type, 'timestamp', e."timestamp")
+                         ORDER BY e."timestamp", e.edit_id) AS user_edits,
+               count(*) AS n_user_edits
+        FROM app.plan_edits e
+        WHERE e.plan_id = a.plan_id::uuid AND e."timestamp" <= a."timestamp"
+    ) ed ON true
 ),
 judged AS (
     SELECT j.*,
-           coalesce(ed.user_edits, '[]'::jsonb) AS user_edits,
-           coalesce(ed.n_user_edits, 0) AS n_user_edits,
+           coalesce(j.edits_json, '[]'::jsonb) AS user_edits,
+           coalesce(j.edits_count, 0) AS n_user_edits,
            CASE
-               WHEN NOT j.has_meals OR u.accepted_malformed THEN 'invalid_meals'
+               WHEN NOT j.has_meals OR j.accepted_malformed THEN 'invalid_meals'
                WHEN j.generated_at IS NULL THEN 'no_generation_before_acceptance'
-               WHEN NOT j.generated_has_meals OR u.proposed_malformed THEN 'invalid_generated_plan'
-               WHEN u.unknown_recipe_ids IS NOT NULL THEN 'unknown_recipe_id'
+               WHEN NOT j.generated_has_meals OR j.proposed_malformed THEN 'invalid_generated_plan'
+               WHEN j.unknown_recipe_ids IS NOT NULL THEN 'unknown_recipe_id'
                WHEN j.household_valid_from IS NULL OR j.pantry_valid_from IS NULL OR j.constraints_valid_from IS NULL
                THEN 'no_household_state'
            END AS reject_reason,
            CASE
-               WHEN u.accepted_malformed OR u.proposed_malformed
+               WHEN j.accepted_malformed OR j.proposed_malformed
                THEN 'a meal is not an object with a string recipe_id'
-               WHEN u.unknown_recipe_ids IS NOT NULL THEN 'not in app.recipes: ' || u.unknown_recipe_ids
+               WHEN j.unknown_recipe_ids IS NOT NULL THEN 'not in app.recipes: ' || j.unknown_recipe_ids
                WHEN j.generated_at IS NOT NULL
                     AND (j.household_valid_from IS NULL OR j.pantry_valid_from IS NULL OR j.constraints_valid_from IS NULL)
                THEN 'no state as of plan time for: ' || concat_ws(',',
@@ -164,10 +166,8 @@ judged AS (
                    CASE WHEN j.constraints_valid_from IS NULL THEN 'constraints' END)
            END AS reject_detail
     FROM joined j
-    LEFT JOIN meal_problems u ON u.plan_id = j.plan_id
-    LEFT JOIN edits ed ON ed.plan_id = j.plan_id
 )
-SELECT * FROM (
+(
     SELECT
         s.plan_id,
         s.unit_id::text AS household_id,
@@ -213,9 +213,10 @@ SELECT * FROM (
         s.reject_detail,
         CASE WHEN s.reject_reason IS NOT NULL THEN s.payload::text END AS payload
     FROM judged s
-
-    UNION ALL
-
+    ORDER BY s.plan_id COLLATE "C"  -- already in this order (see `accepted`): no sort
+)
+UNION ALL
+(
     -- Malformed plan events of the window: no usable plan_id, or a generated plan without meals.
     SELECT
         c.plan_id, c.unit_id::text,
@@ -226,7 +227,6 @@ SELECT * FROM (
         CASE WHEN NOT c.has_plan_id THEN 'payload.plan_id missing or not a UUID'
              ELSE 'payload.plan.meals is not a non-empty list' END,
         c.payload::text
-    FROM checked c
+    FROM window_events c
     WHERE NOT c.has_plan_id OR (c.event_type = 'plan_generated' AND NOT c.has_meals)
-) candidates
-ORDER BY plan_id COLLATE "C", event_id COLLATE "C"
+)
