@@ -123,9 +123,8 @@ NULL = "\\N"
 
 
 def _json_field(value) -> str:
-    """JSON as a COPY text field: backslashes doubled (tabs and newlines are escaped by JSON)."""
-    text = _encode(value).decode()
-    return text.replace("\\", "\\\\") if "\\" in text else text
+    """JSON as a COPY text field (tabs and newlines are escaped by JSON itself)."""
+    return _copy_field(_dumps(value))
 
 
 def make_recipes(seed: int, count: int = 240) -> tuple[Recipe, ...]:
@@ -159,7 +158,6 @@ def make_recipes(seed: int, count: int = 240) -> tuple[Recipe, ...]:
 
 
 @functools.cache
-@functools.cache
 def _banned(restrictions: tuple[str, ...]) -> frozenset[str]:
     return frozenset().union(*(RESTRICTION_INGREDIENTS.get(r, set()) for r in restrictions))
 
@@ -181,7 +179,7 @@ def keep_probability(recipe: Recipe, state: HouseholdState, workflow_type: str, 
 
 def keep_probabilities(recipes: list[Recipe], state: HouseholdState, workflow_type: str, mode: str) -> list[float]:
     """keep_probability for each of a plan's meals, with the state's sets built once per plan."""
-    banned = _banned(tuple(state.restrictions))
+    banned = banned_ingredients(state.restrictions)
     excluded = frozenset(state.excluded)
     pantry = {item["name"] for item in state.pantry}
     preferences = set(state.preferences)
