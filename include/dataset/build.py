@@ -7,6 +7,7 @@ order, so the rows come out sorted by plan_id whatever the number of ranges.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -91,23 +92,30 @@ def _conform(table, fields):
     return pa.Table.from_arrays(columns, schema=target)
 
 
-def extract_partition(dsn: str, window: Window, low: str, high: str, part_dir: Path) -> dict:
-    """Stream one plan_id range into its own row and quarantine part files (bounded memory).
+def extract_partition(dsn: str, window: Window, low: str, high: str, part_dir: Path, rows_out=None) -> dict:
+    """Stream one plan_id range into row and quarantine part files (bounded memory).
 
-    Returns the part paths and the recipe ids the range's plans mention.
+    With `rows_out` (an open ParquetWriter) the training rows go there instead of a part file:
+    the first range writes straight into the version's file. Returns the part paths (rows:
+    None when written to `rows_out`) and the recipe ids the range's plans mention.
     """
+    import contextlib
+
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    rows_path = part_dir / f"rows-{low or 'start'}.parquet"
+    rows_path = None if rows_out is not None else part_dir / f"rows-{low or 'start'}.parquet"
     quarantine_path = part_dir / f"quarantine-{low or 'start'}.parquet"
     recipe_ids: set[str] = set()
     conn = arrow_connect(dsn)
     try:
-        with conn.cursor() as cur, \
-                pq.ParquetWriter(rows_path, schema.arrow_schema(schema.TRAINING_FIELDS)) as rows_out, \
-                pq.ParquetWriter(quarantine_path, schema.arrow_schema(schema.QUARANTINE_FIELDS)) as quarantine_out:
+        with conn.cursor() as cur, contextlib.ExitStack() as stack:
+            if rows_out is None:  # part files are read once and rewritten: not worth compressing
+                rows_out = stack.enter_context(pq.ParquetWriter(
+                    rows_path, schema.arrow_schema(schema.TRAINING_FIELDS), compression="none"))
+            quarantine_out = stack.enter_context(
+                pq.ParquetWriter(quarantine_path, schema.arrow_schema(schema.QUARANTINE_FIELDS)))
             bind_settings(conn, {**extraction_session_settings(),
                                  "planner.window_start": window.start, "planner.window_end": window.end,
                                  "planner.plan_id_from": low, "planner.plan_id_to": high})
@@ -153,25 +161,41 @@ def _check_plan_id_order(plan_ids, previous: str | None) -> str | None:
 
 
 def _mentioned_recipe_ids(rows) -> set[str]:
-    import msgspec
-
+    """Recipe ids of both plans of training rows (their meals are checked: objects with a string
+    recipe_id). Typed decoders read only the meals and skip the rest of each document."""
+    proposed, target = _plan_decoders()
     found = set()
-    for proposed in rows["proposed_plan"].to_pylist():
-        found.update(m["recipe_id"].lower() for m in msgspec.json.decode(proposed)["meals"])
-    for target in rows["target"].to_pylist():
-        found.update(m["recipe_id"].lower() for m in msgspec.json.decode(target)["accepted_plan"]["meals"])
+    for text in rows["proposed_plan"].to_pylist():
+        found.update(meal.recipe_id.lower() for meal in proposed.decode(text).meals)
+    for text in rows["target"].to_pylist():
+        found.update(meal.recipe_id.lower() for meal in target.decode(text).accepted_plan.meals)
     return found
 
 
-def concat_parquet(parts: list[Path], fields, destination: Path) -> None:
-    """Append part files in order, one row group at a time."""
+@functools.cache
+def _plan_decoders():
+    import msgspec
+
+    meal = msgspec.defstruct("Meal", [("recipe_id", str)])
+    plan = msgspec.defstruct("Plan", [("meals", list[meal])])
+    target = msgspec.defstruct("Target", [("accepted_plan", plan)])
+    return msgspec.json.Decoder(plan), msgspec.json.Decoder(target)
+
+
+def training_writer(destination: Path):
     import pyarrow.parquet as pq
 
-    with pq.ParquetWriter(destination, schema.arrow_schema(fields), compression="zstd") as out:
-        for part in parts:
-            source = pq.ParquetFile(part)
-            for index in range(source.num_row_groups):
-                out.write_table(source.read_row_group(index), row_group_size=ROW_GROUP_SIZE)
+    return pq.ParquetWriter(destination, schema.arrow_schema(schema.TRAINING_FIELDS), compression="zstd")
+
+
+def append_parquet(parts: list[Path], out) -> None:
+    """Append part files in order to an open writer, one row group at a time."""
+    import pyarrow.parquet as pq
+
+    for part in parts:
+        source = pq.ParquetFile(part)
+        for index in range(source.num_row_groups):
+            out.write_table(source.read_row_group(index), row_group_size=ROW_GROUP_SIZE)
 
 
 def count_outcomes(n_rows: int, quarantine, window_counts: dict, max_bad_share: float) -> dict:
@@ -218,8 +242,9 @@ SUMMARY_COLUMNS = ["household_id", "accepted_at", "workflow_type", "mode", "poli
 def build_dataset(dsn: str, window: Window, staging: Path, max_bad_share: float, parts: int = 2) -> dict:
     """Write every data file of the version into `staging`; returns the counts.
 
-    plan_id ranges run concurrently, each on its own connection, streaming into part files
-    that are then concatenated in range order (= plan_id order). Validation decides
+    plan_id ranges run concurrently, each on its own connection: the first streams into the
+    training file, the others into part files appended after it in range order (= plan_id
+    order). Validation decides
     afterwards whether the version may be published.
     """
     import pyarrow as pa
@@ -227,14 +252,16 @@ def build_dataset(dsn: str, window: Window, staging: Path, max_bad_share: float,
 
     part_dir = staging / "_parts"
     part_dir.mkdir()
-    with ThreadPoolExecutor(max_workers=parts + 1) as pool:
-        counts_future = pool.submit(fetch_window_counts, dsn, window)
-        futures = [pool.submit(extract_partition, dsn, window, low, high, part_dir)
-                   for low, high in partition_bounds(parts)]
-        extracted = [future.result() for future in futures]
-        window_counts = counts_future.result()
+    with training_writer(staging / names.DATASET_TRAINING_FILE) as training_out:
+        with ThreadPoolExecutor(max_workers=parts + 1) as pool:
+            counts_future = pool.submit(fetch_window_counts, dsn, window)
+            futures = [pool.submit(extract_partition, dsn, window, low, high, part_dir,
+                                   training_out if index == 0 else None)
+                       for index, (low, high) in enumerate(partition_bounds(parts))]
+            extracted = [future.result() for future in futures]
+            window_counts = counts_future.result()
+        append_parquet([e["rows"] for e in extracted[1:]], training_out)
 
-    concat_parquet([e["rows"] for e in extracted], schema.TRAINING_FIELDS, staging / names.DATASET_TRAINING_FILE)
     quarantine = pa.concat_tables([pq.read_table(e["quarantine"]) for e in extracted])
     quarantine = quarantine.sort_by([("reject_reason", "ascending"), ("event_id", "ascending")])
     write_parquet(quarantine, staging / names.DATASET_QUARANTINE_FILE)

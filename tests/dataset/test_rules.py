@@ -269,6 +269,43 @@ def test_every_dirty_kind_is_quarantined_with_its_reason_and_counted(world):
     assert counts["bad_share"] == pytest.approx(10 / 11, abs=1e-6)
 
 
+def test_each_meal_of_both_plans_is_checked_and_the_first_failing_rule_names_it(world):
+    hid = world.household(LONG_AGO)
+    good_meals = world.meals()
+    upper_case = new_id()  # a known recipe id in upper case is the same recipe
+    world.event("plan_generated", hid, MID, {"plan_id": upper_case, "plan": {
+        "meals": [dict(m, recipe_id=m["recipe_id"].upper()) for m in good_meals]}})
+    world.accepted(upper_case, hid, MID + SECOND)
+
+    def plan_with(proposed_meals, accepted_meals):
+        plan_id = new_id()
+        world.event("plan_generated", hid, MID, {"plan_id": plan_id, "plan": {"meals": proposed_meals}})
+        return world.event("plan_accepted", hid, MID + SECOND, {"plan_id": plan_id, "plan": {"meals": accepted_meals}})
+
+    meal_is_a_string = plan_with(good_meals, good_meals + ["monday"])
+    numeric_recipe_id = plan_with(good_meals, good_meals + [{"day": "friday", "recipe_id": 7}])
+    proposed_malformed = plan_with(good_meals[:1] + [{"day": "friday"}], good_meals)
+    proposed_unknown = new_id()
+    both_unknown = plan_with(good_meals + [{"recipe_id": proposed_unknown}], good_meals + [{"recipe_id": "zz-unknown"}])
+    malformed_beats_unknown = plan_with(good_meals, [{"recipe_id": "zz-unknown"}, {"recipe_id": None}])
+
+    built = world.build()
+
+    assert built.plan_ids() == [upper_case]
+    assert built.reasons() == {
+        meal_is_a_string: "invalid_meals",
+        numeric_recipe_id: "invalid_meals",
+        proposed_malformed: "invalid_generated_plan",
+        both_unknown: "unknown_recipe_id",
+        malformed_beats_unknown: "invalid_meals",
+    }
+    detail = {r["event_id"]: r["reject_detail"] for r in built.quarantine.to_pylist()}
+    for malformed in (meal_is_a_string, numeric_recipe_id, proposed_malformed, malformed_beats_unknown):
+        assert detail[malformed] == "a meal is not an object with a string recipe_id"
+    assert detail[both_unknown] == "not in app.recipes: " + ",".join(sorted([proposed_unknown, "zz-unknown"]))
+    assert built.counts["quarantined_by_reason"]["unknown_recipe_id"] == 1
+
+
 def test_unused_event_types_and_never_accepted_plans_make_no_row_and_are_counted(world):
     hid = world.household(LONG_AGO)
     accepted = world.plan(hid, MID, MID + SECOND)

@@ -10,7 +10,8 @@
 --   * user_edits = the plan's edits with timestamp <= acceptance, in time order.
 -- Per-plan lookups are index probes (LIMIT 1 on an index whose order matches the ORDER BY)
 -- in one nested loop over the plans in plan_id order; meals are checked against one hashed
--- set of recipe ids; never a query per event. Output: the training-row candidates in plan_id
+-- set of recipe ids (a cheap semi-join per plan; the detailed aggregate only for a plan that
+-- fails it); each jsonb value is rendered as text once; never a query per event. Output: the training-row candidates in plan_id
 -- order (C collation), then the malformed events. The wide rows are never sorted: the order
 -- comes from `accepted` through the nested loop, and the caller (build.extract_partition)
 -- checks it and runs this with parallel query off, so an Append can only read its branches
@@ -70,8 +71,7 @@ joined AS (
         pan.items, pan.valid_from AS pantry_valid_from,
         con.budget, con.max_prep_time, con.excluded_ingredients, con.valid_from AS constraints_valid_from,
         prev.previous_plan,
-        u.accepted_malformed, u.proposed_malformed, u.unknown_recipe_ids,
-        ed.user_edits AS edits_json, ed.n_user_edits AS edits_count
+        ed.user_edits AS edits_text, ed.n_user_edits AS edits_count
     FROM accepted a
     LEFT JOIN LATERAL (
         SELECT g."timestamp" AS generated_at, g.context, g.payload,
@@ -115,36 +115,58 @@ joined AS (
         ORDER BY p."timestamp" DESC, p.event_id DESC
         LIMIT 1
     ) prev ON true
-    -- Every meal of both plans: a meal that is not an object with a string recipe_id makes its
-    -- plan invalid; a recipe_id not in app.recipes (one hashed set for the statement) makes it unknown.
     LEFT JOIN LATERAL (
-        SELECT bool_or(m.side = 'accepted' AND m.recipe_id IS NULL) AS accepted_malformed,
-               bool_or(m.side = 'proposed' AND m.recipe_id IS NULL) AS proposed_malformed,
-               string_agg(DISTINCT m.recipe_id, ',' ORDER BY m.recipe_id) FILTER (WHERE m.recipe_id IS NOT NULL)
-                   AS unknown_recipe_ids
-        FROM (
-            SELECT 'proposed' AS side,
-                   CASE WHEN jsonb_typeof(x -> 'recipe_id') = 'string' THEN lower(x ->> 'recipe_id') END AS recipe_id
-            FROM jsonb_array_elements(CASE WHEN gen.has_meals THEN gen.payload -> 'plan' -> 'meals' END) x
-            UNION ALL
-            SELECT 'accepted',
-                   CASE WHEN jsonb_typeof(x -> 'recipe_id') = 'string' THEN lower(x ->> 'recipe_id') END
-            FROM jsonb_array_elements(CASE WHEN a.has_meals THEN a.payload -> 'plan' -> 'meals' END) x
-        ) m
-        WHERE m.recipe_id IS NULL OR m.recipe_id NOT IN (SELECT r.recipe_id::text FROM app.recipes r)
-    ) u ON true
-    LEFT JOIN LATERAL (
-        SELECT jsonb_agg(coalesce(e.details, '{}'::jsonb)
-                         || jsonb_build_object('type', e.edit_type, 'timestamp', e."timestamp")
-                         ORDER BY e."timestamp", e.edit_id) AS user_edits,
+        -- The text of jsonb_agg(...) without building the array first: '[' elements ', ' ']'
+        SELECT '[' || string_agg((coalesce(e.details, '{}'::jsonb)
+                                  || jsonb_build_object('type', e.edit_type, 'timestamp', e."timestamp"))::text,
+                                 ', ' ORDER BY e."timestamp", e.edit_id) || ']' AS user_edits,
                count(*) AS n_user_edits
         FROM app.plan_edits e
         WHERE e.plan_id = a.plan_id::uuid AND e."timestamp" <= a."timestamp"
     ) ed ON true
 ),
+-- Every meal of both plans of a plan that is not clean: a meal that is not an object with a
+-- string recipe_id makes its plan invalid; a recipe_id not in app.recipes makes it unknown.
+meals AS (
+    SELECT j.*,
+           (k.problems ->> 'accepted_malformed')::boolean AS accepted_malformed,
+           (k.problems ->> 'proposed_malformed')::boolean AS proposed_malformed,
+           k.problems ->> 'unknown_recipe_ids' AS unknown_recipe_ids
+    FROM joined j
+    CROSS JOIN LATERAL (
+        -- A semi-join per plan that stops at the first bad meal; only a plan with one gets the
+        -- detailed aggregate. OFFSET 0 keeps this subquery (and so each check) evaluated once.
+        SELECT CASE WHEN (j.has_meals AND EXISTS (
+                              SELECT 1 FROM jsonb_array_elements(j.accepted_plan -> 'meals') x
+                              WHERE jsonb_typeof(x -> 'recipe_id') IS DISTINCT FROM 'string'
+                                 OR lower(x ->> 'recipe_id') NOT IN (SELECT r.recipe_id::text FROM app.recipes r)))
+                      OR (j.generated_has_meals AND EXISTS (
+                              SELECT 1 FROM jsonb_array_elements(j.proposed_plan -> 'meals') x
+                              WHERE jsonb_typeof(x -> 'recipe_id') IS DISTINCT FROM 'string'
+                                 OR lower(x ->> 'recipe_id') NOT IN (SELECT r.recipe_id::text FROM app.recipes r)))
+               THEN (
+            SELECT jsonb_build_object(
+                       'accepted_malformed', bool_or(m.side = 'accepted' AND m.recipe_id IS NULL),
+                       'proposed_malformed', bool_or(m.side = 'proposed' AND m.recipe_id IS NULL),
+                       'unknown_recipe_ids', string_agg(DISTINCT m.recipe_id, ',' ORDER BY m.recipe_id)
+                                                 FILTER (WHERE m.recipe_id IS NOT NULL))
+            FROM (
+                SELECT 'proposed' AS side,
+                       CASE WHEN jsonb_typeof(x -> 'recipe_id') = 'string' THEN lower(x ->> 'recipe_id') END AS recipe_id
+                FROM jsonb_array_elements(CASE WHEN j.generated_has_meals THEN j.proposed_plan -> 'meals' END) x
+                UNION ALL
+                SELECT 'accepted',
+                       CASE WHEN jsonb_typeof(x -> 'recipe_id') = 'string' THEN lower(x ->> 'recipe_id') END
+                FROM jsonb_array_elements(CASE WHEN j.has_meals THEN j.accepted_plan -> 'meals' END) x
+            ) m
+            WHERE m.recipe_id IS NULL OR m.recipe_id NOT IN (SELECT r.recipe_id::text FROM app.recipes r)
+        ) END AS problems
+        OFFSET 0
+    ) k
+),
 judged AS (
     SELECT j.*,
-           coalesce(j.edits_json, '[]'::jsonb) AS user_edits,
+           coalesce(j.edits_text, '[]') AS user_edits,
            coalesce(j.edits_count, 0) AS n_user_edits,
            CASE
                WHEN NOT j.has_meals OR j.accepted_malformed THEN 'invalid_meals'
@@ -165,7 +187,7 @@ judged AS (
                    CASE WHEN j.pantry_valid_from IS NULL THEN 'pantry' END,
                    CASE WHEN j.constraints_valid_from IS NULL THEN 'constraints' END)
            END AS reject_detail
-    FROM joined j
+    FROM meals j
 )
 (
     SELECT
@@ -173,22 +195,23 @@ judged AS (
         s.unit_id::text AS household_id,
         s.generated_at,
         s.accepted_at,
-        json_build_object(
-            'household', json_build_object('id', s.unit_id, 'size', s.size,
-                                            'preferences', coalesce(s.preferences, '[]'::jsonb),
-                                            'restrictions', coalesce(s.restrictions, '[]'::jsonb)),
-            'pantry', json_build_object('items', coalesce(s.items, '[]'::jsonb)),
-            'constraints', json_build_object('budget', s.budget, 'max_prep_time', s.max_prep_time,
-                                              'excluded_ingredients', coalesce(s.excluded_ingredients, '[]'::jsonb)),
-            'workflow_type', s.context ->> 'workflow_type',
-            'mode', s.context ->> 'mode',
-            'previous_plan', s.previous_plan,
-            'proposed_plan', s.proposed_plan
-        ) ::text AS input,
-        json_build_object('accepted_plan', s.accepted_plan, 'user_edits', s.user_edits)::text AS target,
+        -- input and target are the text json_build_object would make ('{"key" : value, ...}'),
+        -- assembled by concatenation so that proposed_plan and user_edits are rendered once.
+        '{"household" : ' || json_build_object('id', s.unit_id, 'size', s.size,
+                                               'preferences', coalesce(s.preferences, '[]'::jsonb),
+                                               'restrictions', coalesce(s.restrictions, '[]'::jsonb))::text
+            || ', "pantry" : ' || json_build_object('items', coalesce(s.items, '[]'::jsonb))::text
+            || ', "constraints" : ' || json_build_object('budget', s.budget, 'max_prep_time', s.max_prep_time,
+                                                         'excluded_ingredients', coalesce(s.excluded_ingredients, '[]'::jsonb))::text
+            || ', "workflow_type" : ' || coalesce(to_json(s.context ->> 'workflow_type')::text, 'null')
+            || ', "mode" : ' || coalesce(to_json(s.context ->> 'mode')::text, 'null')
+            || ', "previous_plan" : ' || coalesce(s.previous_plan::text, 'null')
+            || ', "proposed_plan" : ' || coalesce(pt.proposed_plan_text, 'null') || '}' AS input,
+        '{"accepted_plan" : ' || coalesce(s.accepted_plan::text, 'null')
+            || ', "user_edits" : ' || s.user_edits || '}' AS target,
         json_build_object('timestamp', s.generated_at, 'accepted_at', s.accepted_at,
                            'policy_version_id', s.context ->> 'policy_version_id')::text AS metadata,
-        s.proposed_plan::text AS proposed_plan,
+        pt.proposed_plan_text AS proposed_plan,
         s.context ->> 'workflow_type' AS workflow_type,
         s.context ->> 'mode' AS mode,
         s.context ->> 'policy_version_id' AS policy_version_id,
@@ -213,6 +236,8 @@ judged AS (
         s.reject_detail,
         CASE WHEN s.reject_reason IS NOT NULL THEN s.payload::text END AS payload
     FROM judged s
+    -- rendered once for two columns; OFFSET 0 keeps the planner from copying the expression into both
+    CROSS JOIN LATERAL (SELECT s.proposed_plan::text AS proposed_plan_text OFFSET 0) pt
     ORDER BY s.plan_id COLLATE "C"  -- already in this order (see `accepted`): no sort
 )
 UNION ALL
