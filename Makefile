@@ -15,8 +15,8 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
 .PHONY: lifecycle airflow test bench venv lock clean
 
-lifecycle: $(STAMP)  ## generate data, run the lifecycle DAGs on the embedded default, print the outcome
-	$(PY) -m scripts.lifecycle
+lifecycle: $(STAMP)  ## generate data, run the lifecycle DAGs on the embedded default, print the outcome (ARGS=--help)
+	$(PY) -m scripts.lifecycle $(ARGS)
 
 airflow: $(STAMP)  ## the Airflow UI on http://127.0.0.1:8080 (admin / admin) over make lifecycle's runs; Ctrl-C stops it
 	$(PY) -m scripts.airflow_ui

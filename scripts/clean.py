@@ -4,7 +4,8 @@ Local state is split between `var/` (datasets, models, MLflow, the Airflow homes
 PostgreSQL) and the events database, whose `ml` schema holds the promotion history. Deleting
 only `var/` would leave that history naming model versions of a registry that no longer exists,
 so the events database goes too, but only where it is local (a loopback host, a unix socket, or
-the embedded server): a database on another host is somebody's data, and is left alone.
+the embedded server) and this project created it (its marker comment): any other database is
+somebody's data, and is left alone.
 """
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import shutil
 from urllib.parse import parse_qs, urlsplit
 
 from include.core.config import PROJECT_ROOT, settings
-from include.core.local_postgres import drop_database, embedded_pgdata, server_answers, stop_embedded
+from include.core.local_postgres import (
+    database_exists,
+    drop_database,
+    embedded_pgdata,
+    is_ours,
+    server_answers,
+    stop_embedded,
+)
 
 LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
@@ -23,13 +31,23 @@ def is_local(dsn: str) -> bool:
     return (parts.hostname or "") in LOCAL_HOSTS or socket_dir.startswith("/")
 
 
-def main() -> int:
-    dsn = settings().events_dsn
+def drop_events_database(dsn: str) -> str | None:
+    """Drop the events database if it is local and this project's own; says what it did."""
+    name = urlsplit(dsn).path.lstrip("/")
     if not is_local(dsn):
-        print(f"left alone: the events database at {urlsplit(dsn).hostname} is not on this machine")
-    elif server_answers(dsn):
-        drop_database(dsn)
-        print(f"dropped the events database {urlsplit(dsn).path.lstrip('/')} (events and the ml schema)")
+        return f"left alone: the events database at {urlsplit(dsn).hostname} is not on this machine"
+    if not (server_answers(dsn) and database_exists(dsn)):
+        return None
+    if not is_ours(dsn):
+        return f"left alone: the events database {name} was not created by this project (no marker comment)"
+    drop_database(dsn)
+    return f"dropped the events database {name} (events and the ml schema)"
+
+
+def main() -> int:
+    said = drop_events_database(settings().events_dsn)
+    if said:
+        print(said)
     if embedded_pgdata().exists():
         stop_embedded()
         print(f"stopped the embedded PostgreSQL ({embedded_pgdata()})")

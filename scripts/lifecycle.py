@@ -29,7 +29,7 @@ from pathlib import Path
 
 from include.core import names, storage
 from include.core.config import PROJECT_ROOT, settings
-from include.core.local_postgres import ensure_database
+from include.core.local_postgres import NotOurDatabase, claim_demo_database
 from include.events import generate
 from scripts.airflow_env import airflow_env
 
@@ -264,11 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--households", type=int, default=2000)
     parser.add_argument("--weeks", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--adopt-database", action="store_true",
+                        help="use PLANNER_EVENTS_DSN although this project did not create it (its source tables are "
+                             "replaced and schema ml dropped): only for a demo database you own")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
     _step("PostgreSQL")
-    dsn = ensure_database(settings().events_dsn)
+    try:
+        dsn = claim_demo_database(settings().events_dsn, adopt=args.adopt_database)
+    except NotOurDatabase as refusal:
+        print(f"\nREFUSED: {refusal}", file=sys.stderr)
+        return 2
     print(f"    events database: {dsn}")
     end = generate.last_monday()
     weeks = [end, end + timedelta(days=7)]

@@ -58,7 +58,7 @@ def ensure_database(dsn: str) -> str:
     """Make sure the server answers and the DSN's database exists; returns a usable DSN.
 
     If nothing answers at `dsn`, the embedded server is started and the same database name
-    is created there.
+    is created there. A database created here is marked as the project's own (`DEMO_MARKER`).
     """
     import psycopg
 
@@ -70,6 +70,89 @@ def ensure_database(dsn: str) -> str:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{dbname}"')
+            _mark(conn, dbname)
+    return dsn
+
+
+# The database comment that says a database is the demo's own: `make lifecycle` replaces its
+# generated data, `make clean` drops it. Any other database is somebody's data.
+DEMO_MARKER = "planner-lifecycle demo events: created by this project; make lifecycle replaces its data"
+
+
+class NotOurDatabase(RuntimeError):
+    """The events database holds tables and was not created by this project: refusing to change it."""
+
+
+def _mark(conn, dbname: str) -> None:
+    from psycopg import sql
+
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(DEMO_MARKER)))
+
+
+def database_comment(dsn: str) -> str | None:
+    import psycopg
+
+    dbname = urlsplit(dsn).path.lstrip("/") or "postgres"
+    with psycopg.connect(_with_db(dsn, "postgres"), autocommit=True) as conn:
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                           (dbname,)).fetchone()
+    return row[0] if row else None
+
+
+def database_exists(dsn: str) -> bool:
+    import psycopg
+
+    dbname = urlsplit(dsn).path.lstrip("/") or "postgres"
+    with psycopg.connect(_with_db(dsn, "postgres"), autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is not None
+
+
+def is_embedded(dsn: str) -> bool:
+    """On the embedded server under var/pgdata (a unix socket there): everything in it is ours."""
+    from urllib.parse import parse_qs
+
+    socket_dir = parse_qs(urlsplit(dsn).query).get("host", [""])[0]
+    return bool(socket_dir) and Path(socket_dir).resolve().is_relative_to(embedded_pgdata().resolve())
+
+
+def is_ours(dsn: str) -> bool:
+    return is_embedded(dsn) or database_comment(dsn) == DEMO_MARKER
+
+
+def user_tables(dsn: str, limit: int = 5) -> list[str]:
+    """Some of the database's own tables (outside the system schemas); empty: nothing to lose."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p', 'm', 'v', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY 1 LIMIT %s", (limit,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def claim_demo_database(dsn: str, adopt: bool = False) -> str:
+    """The events database `make lifecycle` may fill and reset: one it created (marked), the
+    embedded one, or an empty one (marked now). Any other is refused before anything changes,
+    unless `adopt` says the user owns it and gives it to the demo. Returns a usable DSN."""
+    dsn = ensure_database(dsn)
+    if is_ours(dsn):
+        return dsn
+    dbname = urlsplit(dsn).path.lstrip("/") or "postgres"
+    tables = user_tables(dsn)
+    if tables and not adopt:
+        raise NotOurDatabase(
+            f"the events database {dbname!r} at {urlsplit(dsn).hostname or 'a local socket'} holds tables "
+            f"({', '.join(tables)}{', ...' if len(tables) == 5 else ''}) and was not created by this project. "
+            "make lifecycle replaces the source tables (exp.*, app.*, sim.*) and drops schema ml, so it refuses to "
+            "touch it. Either point PLANNER_EVENTS_DSN at a fresh database name (it is created and marked as the "
+            "demo's own), e.g. PLANNER_EVENTS_DSN=postgresql://postgres@127.0.0.1:5432/planner_demo make lifecycle, "
+            "or, if this database is a demo database you own and its data may go, "
+            "make lifecycle ARGS=--adopt-database")
+    import psycopg
+
+    with psycopg.connect(_with_db(dsn, "postgres"), autocommit=True) as conn:
+        _mark(conn, dbname)
     return dsn
 
 

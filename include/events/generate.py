@@ -531,6 +531,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="exclusive end of the simulated time, YYYY-MM-DD (default: the last Monday 00:00 UTC)")
     parser.add_argument("--dirty-share", type=float, default=0.02, help="share of plans with one dirty kind")
     parser.add_argument("--reset", action="store_true", help="replace existing data in the source tables")
+    parser.add_argument("--adopt-database", action="store_true",
+                        help="with --reset: allow a database this project did not create (its data is replaced)")
     parser.add_argument("--workers", type=int, default=None, help="generator processes (default: one per core)")
     args = parser.parse_args(argv)
     if args.households < 1 or args.weeks < 1:
@@ -543,6 +545,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reset:
+        from include.core.local_postgres import NotOurDatabase, claim_demo_database
+
+        try:
+            args.dsn = claim_demo_database(args.dsn, adopt=args.adopt_database)
+        except NotOurDatabase as refusal:
+            print(f"refused: {refusal}".replace("make lifecycle ARGS=--adopt-database", "--adopt-database"),
+                  file=sys.stderr)
+            return 2
     started = time.perf_counter()
     counts = generate_and_load(args.dsn, args.households, args.weeks, args.seed, args.end, args.dirty_share,
                                reset=args.reset, workers=args.workers)
