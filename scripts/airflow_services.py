@@ -4,9 +4,12 @@ the end-to-end tests drive, exactly as a user's browser or script would.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +21,56 @@ from pathlib import Path
 
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG), so no service outlives its command."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the signal handlers and the finally blocks still stop the services
+
+
+def spawn_service(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A service in a session (process group) of its own, so that stopping it stops its children too."""
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+
+
+def stop_service(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the service's whole process group, SIGKILL if it lingers, then a sweep of the group
+    (a task process the service left behind)."""
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+
+    if process.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            process.wait(timeout=timeout)
+    signal_group(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def stop_on_termination():
+    """SIGTERM and SIGHUP end the command like Ctrl-C does: as an exception, so every `finally`
+    that stops services runs (Python's default for both is to die on the spot)."""
+    def raise_exit(signum, _frame):
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, raise_exit) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def free_port() -> int:
@@ -77,13 +130,15 @@ class AirflowServices:
         self.airflow("db", "migrate")
         logs = self.home / "service-logs"
         logs.mkdir(exist_ok=True)
-        for name in SERVICES:
-            args = ["api-server", "-H", "127.0.0.1", "-p", str(self.port)] if name == "api-server" else [name]
-            with open(logs / f"{name}.log", "ab") as out:
-                self.processes[name] = subprocess.Popen(
-                    [str(Path(sys.executable).with_name("airflow")), *args], env=self.env, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_healthy(timeout)
+        try:
+            for name in SERVICES:
+                args = ["api-server", "-H", "127.0.0.1", "-p", str(self.port)] if name == "api-server" else [name]
+                self.processes[name] = spawn_service([str(Path(sys.executable).with_name("airflow")), *args],
+                                                     self.env, logs / f"{name}.log")
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_healthy(self, timeout: float) -> None:
@@ -103,16 +158,12 @@ class AirflowServices:
         raise TimeoutError(f"Airflow services not healthy after {timeout}s at {self.url}")
 
     def stop(self) -> None:
-        import signal
-
         for process in self.processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGTERM)  # all at once: they shut down in parallel
         for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            stop_service(process)
         self.processes.clear()
 
     # --- REST -----------------------------------------------------------------------------
@@ -198,9 +249,7 @@ class MlflowServer:
                    "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                    "--default-artifact-root", str(self.root / "artifacts"), "--no-serve-artifacts"]
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-        with open(self.root / "server.log", "ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+        self.process = spawn_service(command, env, self.root / "server.log")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -213,9 +262,6 @@ class MlflowServer:
         raise TimeoutError(f"mlflow server not up after {timeout}s")
 
     def stop(self) -> None:
-        import signal
-
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
+        if self.process is not None:
+            stop_service(self.process)
         self.process = None

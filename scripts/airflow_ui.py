@@ -11,7 +11,7 @@ import time
 
 from include.core.config import settings
 from include.core.local_postgres import ensure_database
-from scripts.airflow_services import AirflowServices
+from scripts.airflow_services import AirflowServices, stop_on_termination
 from scripts.lifecycle import CHAIN, SERVICES_HOME, services_env
 
 
@@ -20,8 +20,8 @@ def main() -> int:
     dsn = ensure_database(settings().events_dsn)
     services = AirflowServices(SERVICES_HOME, services_env(dsn), port=port)
     print(f"starting Airflow in {SERVICES_HOME} ...", flush=True)
-    services.start()
     try:
+        services.start()
         for dag_id in CHAIN:
             services.wait_for_dag(dag_id)
         print(f"\nAirflow UI: {services.url}  (login admin / admin)")
@@ -37,4 +37,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with stop_on_termination():  # SIGTERM or SIGHUP stop the services, as Ctrl-C does
+        raise SystemExit(main())

@@ -86,7 +86,7 @@ def _decision_for(dsn: str, model_version: str) -> dict:
         return [d for d in history.decisions(conn, names.REGISTERED_MODEL_NAME) if d["version"] == model_version][-1]
 
 
-SERVICES_HOME = PROJECT_ROOT / "var" / "airflow-services"
+SERVICES_HOME = Path(os.environ.get("PLANNER_AIRFLOW_SERVICES_HOME") or PROJECT_ROOT / "var" / "airflow-services")
 CHAIN = (names.DAG_DATASET, names.DAG_TRAINING, names.DAG_REGISTRATION, names.DAG_OFFLINE_EVAL, names.DAG_PROMOTION)
 RUN_TIMEOUT_S = 20 * 60
 
@@ -352,4 +352,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from scripts.airflow_services import stop_on_termination
+
+    with stop_on_termination():  # SIGTERM or SIGHUP stop the services it started, as Ctrl-C does
+        raise SystemExit(main())
