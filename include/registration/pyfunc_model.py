@@ -3,31 +3,35 @@
     model = mlflow.pyfunc.load_model("models:/planner_acceptance@challenger")
     scores = model.predict(rows)   # rows: a DataFrame with at least `plan_id` and `input`
 
-The row -> text step is `include.core.features`, the same code the trainer learned from; the
-registered model carries that file (MLflow `code_paths`), this file (MLflow "models from
-code": no pickled objects) and the trained directory (weights, tokenizer, the recipe
-catalogue), so it loads without this repository.
+The row -> text step is `include.core.features`, the same code the trainer learned from. A
+registered version carries a copy of this file, `features.py` and `names.py` as a package of
+its own, `planner_serving_<digest of that code>` (MLflow `code_paths`), a two-line loader
+(MLflow "models from code": no pickled objects) and the trained directory (weights, tokenizer,
+the recipe catalogue). So it loads without this repository, and in a process that has imported
+the project's (perhaps newer) `include` it still scores with the code it was registered with:
+the two never share a module name.
 """
 from __future__ import annotations
 
-import sys
+import importlib
 from pathlib import Path
 
-import mlflow.models
 import mlflow.pyfunc
 
-MODEL_CODE = Path(__file__)
+SERVING_PACKAGE_PREFIX = "planner_serving_"
 
 INPUT_COLUMNS = ("plan_id", "input")
 OUTPUT_COLUMNS = ("plan_id", "meal_index", "day", "recipe_id", "recipe_known", "keep_probability")
 DEFAULT_BATCH_SIZE = 256
 
 
-def _forget_code_dir(model_artifact: Path) -> None:
-    """Take the model's `code` dir off sys.path once its module is imported: MLflow leaves it at
-    the front, where it would shadow this project's `include` package in any child process."""
-    code_dir = model_artifact.resolve().parents[1] / "code"
-    sys.path[:] = [entry for entry in sys.path if not entry or Path(entry).resolve() != code_dir]
+def serving_module(name: str):
+    """`features` or `names` as registered with this copy of the file: its siblings inside a version's
+    package, the project's own when it runs from the repository (training, tests)."""
+    package = __name__.rpartition(".")[0]
+    if package.startswith(SERVING_PACKAGE_PREFIX):
+        return importlib.import_module(f"{package}.{name}")
+    return importlib.import_module(f"include.core.{name}")
 
 
 class PlannerAcceptanceModel(mlflow.pyfunc.PythonModel):
@@ -35,11 +39,9 @@ class PlannerAcceptanceModel(mlflow.pyfunc.PythonModel):
         import pyarrow.parquet as pq
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from include.core import features, names  # resolved now, while MLflow has the model's code dir on sys.path
-
+        features, names = serving_module("features"), serving_module("names")
         self.features = features
         directory = context.artifacts["model"]
-        _forget_code_dir(Path(directory))
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True).eval()
         self.kept_label = int(self.model.config.label2id.get("kept", 1))
@@ -172,5 +174,3 @@ def signature():
                         ColSpec("double", "keep_probability")]),
         params=ParamSchema([ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE)]))
 
-
-mlflow.models.set_model(PlannerAcceptanceModel())

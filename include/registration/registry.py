@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +29,13 @@ log = logging.getLogger(__name__)
 
 TAG_TRAINING_RUN_ID = "training_run_id"
 TAG_MANIFEST_SHA256 = "manifest_sha256"
+TAG_SERVING_PACKAGE = "serving_package"
 LOGGED_MODEL_TYPE = "planner-acceptance-pyfunc"
 
-# The files the registered model needs to load without this repository (MLflow code_paths).
-SERVING_CODE = ("include/__init__.py", "include/core/__init__.py", "include/core/features.py",
-                "include/core/names.py", "include/registration/__init__.py", "include/registration/pyfunc_model.py")
+# The files the registered model runs, copied into its own package `planner_serving_<digest>`.
+SERVING_CODE = {"features.py": "include/core/features.py", "names.py": "include/core/names.py",
+                "pyfunc_model.py": "include/registration/pyfunc_model.py"}
+MODEL_LOADER = "planner_model.py"
 SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "pandas", "pyarrow", "safetensors")
 
 
@@ -90,13 +93,30 @@ def _requirements() -> list[str]:
     return pins
 
 
-def _serving_code(workdir: Path) -> str:
-    """A copy of just the files the served model imports, laid out as the `include` package."""
-    for relative in SERVING_CODE:
-        target = workdir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / relative, target)
-    return str(workdir / "include")
+def serving_package_name() -> str:
+    """`planner_serving_` + a digest of the serving code: the same code, the same name; changed code, a
+    new name, so versions registered with different feature code never import each other's modules."""
+    import hashlib
+
+    from include.registration.pyfunc_model import SERVING_PACKAGE_PREFIX
+
+    digest = hashlib.sha256()
+    for name, relative in sorted(SERVING_CODE.items()):
+        digest.update(name.encode() + b"\0" + (PROJECT_ROOT / relative).read_bytes() + b"\0")
+    return SERVING_PACKAGE_PREFIX + digest.hexdigest()[:16]
+
+
+def _serving_code(workdir: Path, package: str) -> tuple[str, str]:
+    """(the version's package dir for code_paths, the loader file for python_model)."""
+    target = workdir / package
+    target.mkdir(parents=True)
+    (target / "__init__.py").write_text('"""Serving code of one planner_acceptance model version."""\n')
+    for name, relative in SERVING_CODE.items():
+        shutil.copy2(PROJECT_ROOT / relative, target / name)
+    loader = workdir / MODEL_LOADER
+    loader.write_text(f"import mlflow.models\n\nfrom {package}.pyfunc_model import PlannerAcceptanceModel\n\n"
+                      "mlflow.models.set_model(PlannerAcceptanceModel())\n")
+    return str(target), str(loader)
 
 
 def versions_of(client, training_run_id: str) -> list:
@@ -145,39 +165,38 @@ def _ready_logged_model(client, experiment_id: str, training_run_id: str, manife
 
 def log_pyfunc(client, model_dir: Path, manifest: dict, manifest_sha256: str, run) -> str:
     """The id of a READY logged model holding this directory as a pyfunc model (reused if one exists)."""
-    import mlflow
     from mlflow.entities import LoggedModelStatus
-    from mlflow.models import Model
-    from mlflow.utils.file_utils import local_file_uri_to_path
 
     from include.core.tracking import ensure_experiment
-    from include.registration.pyfunc_model import MODEL_CODE, signature
+    from include.registration.pyfunc_model import signature
 
     experiment_id = run.info.experiment_id if run else ensure_experiment(names.EXPERIMENT_TRAINING)
     training_run_id = manifest["training_run_id"]
     existing = _ready_logged_model(client, experiment_id, training_run_id, manifest_sha256)
     if existing is not None:
         return existing.model_id
+    package = serving_package_name()
     logged = client.create_logged_model(
         experiment_id=experiment_id, name=names.REGISTERED_MODEL_NAME,
         source_run_id=run.info.run_id if run else None, model_type=LOGGED_MODEL_TYPE,
-        tags={TAG_TRAINING_RUN_ID: training_run_id, TAG_MANIFEST_SHA256: manifest_sha256})
+        tags={TAG_TRAINING_RUN_ID: training_run_id, TAG_MANIFEST_SHA256: manifest_sha256,
+              TAG_SERVING_PACKAGE: package})
     try:
         with tempfile.TemporaryDirectory(prefix="planner-serving-code-") as workdir:
-            options = dict(python_model=str(MODEL_CODE), artifacts={"model": str(model_dir)},
-                           code_paths=[_serving_code(Path(workdir))], pip_requirements=_requirements(),
+            package_dir, loader = _serving_code(Path(workdir), package)
+            options = dict(python_model=loader, artifacts={"model": str(model_dir)},
+                           code_paths=[package_dir], pip_requirements=_requirements(),
                            signature=signature(),
-                           metadata={TAG_TRAINING_RUN_ID: training_run_id,
+                           metadata={TAG_TRAINING_RUN_ID: training_run_id, TAG_SERVING_PACKAGE: package,
                                      "dataset_version": manifest.get("dataset_version", "")})
             location = logged.artifact_location
-            if location.startswith("file:") or "://" not in location:
-                mlflow.pyfunc.save_model(
-                    path=local_file_uri_to_path(location),
-                    mlflow_model=Model(artifact_path=location, model_uuid=logged.model_id,
-                                       run_id=run.info.run_id if run else None, model_id=logged.model_id),
-                    **options)
-            else:
-                mlflow.pyfunc.log_model(name=names.REGISTERED_MODEL_NAME, model_id=logged.model_id, **options)
+            sys.path.insert(0, workdir)  # MLflow runs the loader while saving: the package must import
+            try:
+                _save(options, location, logged, run)
+            finally:
+                sys.path.remove(workdir)
+                for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+                    del sys.modules[module]  # imported from the temporary copy: load from the model's own
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     except BaseException:
         try:
@@ -186,6 +205,22 @@ def log_pyfunc(client, model_dir: Path, manifest: dict, manifest_sha256: str, ru
             log.warning("could not mark logged model %s FAILED", logged.model_id)
         raise
     return logged.model_id
+
+
+def _save(options: dict, location: str, logged, run) -> None:
+    """Straight into the logged model's location when it is local (one copy of the weights), else upload."""
+    import mlflow
+    from mlflow.models import Model
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    if location.startswith("file:") or "://" not in location:
+        mlflow.pyfunc.save_model(
+            path=local_file_uri_to_path(location),
+            mlflow_model=Model(artifact_path=location, model_uuid=logged.model_id,
+                               run_id=run.info.run_id if run else None, model_id=logged.model_id),
+            **options)
+    else:
+        mlflow.pyfunc.log_model(name=names.REGISTERED_MODEL_NAME, model_id=logged.model_id, **options)
 
 
 def _complete(client, version, tags: dict[str, str]) -> None:
@@ -236,9 +271,12 @@ def register(model_dir: Path) -> Registration:
         if not existing:
             run = _training_run(client, manifest.get("mlflow_run_id"))
             model_id = log_pyfunc(client, model_dir, manifest, manifest_sha256, run)
+            # Which code the version scores with: the package its logged model was saved with.
+            package = client.get_logged_model(model_id).tags.get(TAG_SERVING_PACKAGE)
             mine = client.create_model_version(
                 names.REGISTERED_MODEL_NAME, source=f"models:/{model_id}",
-                run_id=run.info.run_id if run else None, tags=tags, model_id=model_id,
+                run_id=run.info.run_id if run else None, model_id=model_id,
+                tags={**tags, TAG_SERVING_PACKAGE: package} if package else tags,
                 description=f"{training_run_id} trained on dataset {manifest.get('dataset_version')}")
             winner = _converge(client, versions_of(client, training_run_id))
             created = winner.version == mine.version

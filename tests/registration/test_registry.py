@@ -43,9 +43,9 @@ def test_registered_model_loads_by_alias_and_scores_dataset_rows(fresh_mlflow, m
     rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 20).to_pandas()
     model = mlflow.pyfunc.load_model(f"models:/{names.REGISTERED_MODEL_NAME}@{names.CHALLENGER_ALIAS}")
     scores = model.predict(rows)  # every dataset column, as the dataset publishes them
-    # MLflow put the model's code dir first on sys.path; the model takes it off again, so the
-    # project's `include` is not shadowed in child processes.
-    assert not [entry for entry in sys.path if entry.endswith(f"{os.sep}code")]
+    # The version's code is its own package, so it shadows nothing of the project's `include`.
+    assert version.tags["serving_package"] == registry.serving_package_name()
+    assert sys.modules[f"{version.tags['serving_package']}.features"] is not sys.modules.get("include.core.features")
 
     meals = sum(len(json.loads(i)["proposed_plan"]["meals"]) for i in rows["input"])
     assert len(scores) == meals
