@@ -8,7 +8,7 @@ on every backend:
 | backend | how |
 |---|---|
 | `kubernetes` | `KubernetesPodOperator`: the training image on a GPU node pool (`nvidia.com/gpu` limit, node selector, toleration), MLflow/S3 settings from a Kubernetes Secret, pool `gpu_training` bounding concurrent GPU jobs, reattaches after a scheduler restart, deletes succeeded pods and keeps failed ones |
-| `databricks` | `DatabricksSubmitRunOperator`: a `python_wheel_task` on a GPU job cluster |
+| `databricks` | `DatabricksSubmitRunOperator`: a `python_wheel_task` on a GPU job cluster; its idempotency token is the training run id and the try number, so a retry after a failed run submits a new one |
 | `local` | the console script as a subprocess (the embedded default and CI) |
 
 The training run id is `planner_acceptance-vYYYYMMDD_HHMMSS` from this DAG run, so a retry
@@ -32,6 +32,8 @@ from include.core.config import settings, training_settings
 from include.training.backends import BACKENDS, databricks_run_json, kubernetes_pod_kwargs
 
 DEPLOY = training_settings()
+# resolve_inputs' training run id as a Jinja string, to build the per-try Databricks idempotency token
+TRAINING_RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='resolve_inputs', key='training_run_id') }}"
 
 
 @dag(
@@ -125,7 +127,7 @@ def planner_training():
                                        execution_timeout=timedelta(hours=12), **kubernetes_pod_kwargs(DEPLOY))
     databricks = DatabricksSubmitRunOperator(
         task_id="train_databricks", databricks_conn_id=DEPLOY.databricks_conn_id,
-        json=databricks_run_json(DEPLOY, inputs["options"], inputs["training_run_id"]),
+        json=databricks_run_json(DEPLOY, inputs["options"], TRAINING_RUN_ID_TEMPLATE),
         execution_timeout=timedelta(hours=12), pool=DEPLOY.gpu_pool)
     branch = choose_backend()
     inputs >> branch >> [kubernetes, databricks, train_local(inputs)] >> publish_model_artifacts(inputs)

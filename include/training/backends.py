@@ -36,6 +36,12 @@ def trainer_argv(options: dict[str, str]) -> list[str]:
     return argv
 
 
+def databricks_argv(named_parameters: dict[str, str]) -> list[str]:
+    """The argv a python_wheel_task's entry point gets from named_parameters: `--key=value` each, in
+    order (flags as `--lora=false`), so tests can run the console script exactly as Databricks does."""
+    return [f"--{name}={value}" for name, value in named_parameters.items()]
+
+
 def pick_dataset_version(param_version: str | None, triggering_versions: list[str], root: str | None = None) -> str:
     """The Param wins, then the triggering Asset event's version, then the newest complete one."""
     if param_version:
@@ -76,14 +82,28 @@ def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
     }
 
 
-def databricks_run_json(settings: TrainingSettings, options, run_id) -> dict:
+DATABRICKS_TOKEN_MAX_CHARS = 64  # runs/submit rejects a longer idempotency_token
+
+
+def databricks_idempotency_token(run_id: str) -> str:
+    """One token per Airflow try: Databricks answers a submit carrying a known token with that token's
+    run, so a token per training run would hand a retry the run that just failed, while a repeated
+    submit within the try (the hook retrying a timed-out request) still gets the one it started.
+
+    `run_id` is a value or a Jinja template (the operator's `json` is a templated field).
+    """
+    return f"{run_id}-try{{{{ ti.try_number }}}}"
+
+
+def databricks_run_json(settings: TrainingSettings, options, run_id: str) -> dict:
     """runs/submit payload: the same wheel and entry point on a GPU job cluster.
 
-    `options` and `run_id` may be values or templates/XCom references resolved at run time.
+    `options` may be a value or an XCom reference, `run_id` a value or a Jinja template; both are
+    resolved when the operator renders its templates, per try.
     """
     return {
         "run_name": "planner-train",
-        "idempotency_token": run_id,  # a retried submit of the same run does not start a second job
+        "idempotency_token": databricks_idempotency_token(run_id),
         "tasks": [{
             "task_key": "planner_train",
             "python_wheel_task": {"package_name": "planner_trainer", "entry_point": "planner-train",

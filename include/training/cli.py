@@ -28,6 +28,28 @@ from include.training.examples import (
 
 log = logging.getLogger("planner.train")
 
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
+
+def boolean_word(value: str) -> bool:
+    """`--flag=true|false`: the form Databricks builds from a wheel task's named_parameters."""
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_boolean_option(parser: argparse.ArgumentParser, name: str, help: str | None = None) -> None:
+    """`--name`, `--no-name` and `--name=true|false` all work (BooleanOptionalAction takes no value,
+    so the Databricks form would exit 2); default false."""
+    dest = name.replace("-", "_")
+    parser.add_argument(f"--{name}", dest=dest, nargs="?", const=True, default=False, type=boolean_word,
+                        metavar="true|false", help=help)
+    parser.add_argument(f"--no-{name}", dest=dest, action="store_false", default=False,
+                        help=f"same as --{name}=false")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,13 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-rows", type=int, default=0, help="use at most this many dataset rows (0: all)")
     parser.add_argument("--holdout-days", type=int, default=7, help="days before the version's end kept for replay")
     parser.add_argument("--val-share", type=float, default=0.2, help="share of households held out for validation")
-    parser.add_argument("--lora", action=argparse.BooleanOptionalAction, default=False)
+    add_boolean_option(parser, "lora", help="LoRA adapters on the base model (merged before saving)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
-    parser.add_argument("--shuffle-labels", action="store_true",
-                        help="negative control: permute the training labels (seeded), so the model can learn nothing; "
-                             "offline evaluation and the promotion gate must reject it")
+    add_boolean_option(parser, "shuffle-labels",
+                       help="negative control: permute the training labels (seeded), so the model can learn "
+                            "nothing; offline evaluation and the promotion gate must reject it")
     args = parser.parse_args(argv)
     if not re.match(names.TRAINING_RUN_ID_PATTERN, args.training_run_id):
         parser.error(f"--training-run-id must look like {names.REGISTERED_MODEL_NAME}-vYYYYMMDD_HHMMSS")

@@ -64,6 +64,29 @@ def test_bad_arguments_are_refused():
                   "planner_acceptance-v20261123_000000", "--epochs", "0"])
 
 
+REQUIRED = ["--dataset-uri", "x", "--output-root", "y", "--training-run-id", "planner_acceptance-v20261123_000000"]
+
+
+@pytest.mark.parametrize("flag", ["lora", "shuffle-labels"])
+@pytest.mark.parametrize(("given", "expected"), [
+    ([], False), (["--{}"], True), (["--no-{}"], False),
+    (["--{}=true"], True), (["--{}=false"], False),  # what Databricks builds from named_parameters
+    (["--{}=True"], True), (["--{}=FALSE"], False), (["--{}=1"], True), (["--{}=0"], False),
+    (["--{}=yes"], True), (["--{}=no"], False), (["--{}", "false"], False), (["--{}", "--no-{}"], False),
+])
+def test_every_boolean_option_takes_the_flag_and_the_value_forms(flag, given, expected):
+    args = cli.parse_args(REQUIRED + [arg.format(flag) for arg in given])
+    assert getattr(args, flag.replace("-", "_")) is expected
+
+
+@pytest.mark.parametrize("bad", ["--lora=maybe", "--lora=", "--no-lora=true", "--shuffle-labels=2"])
+def test_a_boolean_option_with_any_other_value_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_args([*REQUIRED, bad])
+    assert exited.value.code == 2
+    assert f"argument {bad.split('=')[0]}" in capsys.readouterr().err
+
+
 def test_a_failing_run_leaves_nothing_that_looks_complete(published_dataset, tmp_path):
     out = tmp_path / "models"
     with pytest.raises(Exception):  # noqa: B017 - no CUDA here: fails after the staging dir exists

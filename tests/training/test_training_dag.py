@@ -10,7 +10,8 @@ from include.core import names, storage
 from include.core.config import training_settings
 from include.training import cli
 from include.training.backends import (
-    databricks_run_json,
+    DATABRICKS_TOKEN_MAX_CHARS,
+    databricks_argv,
     kubernetes_pod_kwargs,
     pick_dataset_version,
     trainer_argv,
@@ -22,15 +23,7 @@ PARAMS = {"base_model": "tiny", "epochs": 1, "learning_rate": 0.001, "batch_size
           "holdout_days": 7, "lora": False}
 RUN_ID = "planner_acceptance-v20261123_000000"
 OPTIONS = trainer_options("/data/datasets/planner/2026-11-23", "/data/models/planner_acceptance", RUN_ID, PARAMS)
-
-
-@pytest.fixture(scope="module")
-def training_dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "planner_training.py"))
-    assert bag.import_errors == {}
-    return bag.dags[names.DAG_TRAINING]
+INPUTS = {"training_run_id": RUN_ID, "options": OPTIONS}  # what train_databricks reads of resolve_inputs
 
 
 def test_every_backend_gets_the_same_trainer_options():
@@ -68,20 +61,35 @@ def test_the_gpu_pod_renders_with_limits_placement_secret_and_the_console_script
     assert pod.metadata.namespace == settings.namespace
 
 
-def test_the_databricks_payload_is_the_wheel_task_with_exactly_the_trainer_options(training_dag):
-    from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
-
+def test_the_databricks_payload_is_the_wheel_task_with_exactly_the_trainer_options(training_dag, databricks_try):
     settings = training_settings()
-    operator = DatabricksSubmitRunOperator(task_id="train_databricks", json=databricks_run_json(settings, OPTIONS, RUN_ID),
-                                           params=dict(training_dag.params))
-    payload = operator._prepare_submit_json({})  # what submit_run would send (DAG params must not leak in)
+    operator, context = databricks_try(1, INPUTS)
+    payload = operator._prepare_submit_json(context)  # what submit_run would send (DAG params must not leak in)
     (train,) = payload["tasks"]
     assert train["python_wheel_task"] == {"package_name": "planner_trainer", "entry_point": "planner-train",
                                           "named_parameters": OPTIONS}
     assert train["libraries"] == [{"whl": settings.trainer_wheel}]
     assert train["new_cluster"]["node_type_id"] and "gpu" in train["new_cluster"]["spark_version"]
-    assert payload["idempotency_token"] == RUN_ID
+    assert payload["idempotency_token"].startswith(RUN_ID)
     assert training_dag.get_task("train_databricks").pool == settings.gpu_pool
+
+
+def test_the_trainer_parses_the_argv_databricks_builds_like_the_pods():
+    argv = databricks_argv(OPTIONS)
+    assert argv[0] == "--dataset-uri=/data/datasets/planner/2026-11-23" and "--lora=false" in argv
+    assert cli.parse_args(argv) == cli.parse_args(trainer_argv(OPTIONS))
+    assert cli.parse_args(databricks_argv({**OPTIONS, "lora": "true"})).lora is True
+
+
+def test_a_databricks_retry_gets_a_new_idempotency_token_and_the_same_try_keeps_its_own(training_dag, databricks_try):
+    """Databricks answers a known token with its run: a retry must not get the failed run back."""
+    assert training_dag.get_task("resolve_inputs").multiple_outputs  # the token reads its training_run_id key
+    first, again, retry = (databricks_try(n, INPUTS) for n in (1, 1, 2))
+    tokens = [task._prepare_submit_json(context)["idempotency_token"] for task, context in (first, again, retry)]
+    assert tokens[0] == tokens[1] != tokens[2]
+    assert all(RUN_ID in token for token in tokens)
+    late, context = databricks_try(9999, INPUTS)  # cleared and retried many times over
+    assert len(late._prepare_submit_json(context)["idempotency_token"]) <= DATABRICKS_TOKEN_MAX_CHARS
 
 
 def test_dataset_version_choice(tmp_path):
