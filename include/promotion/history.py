@@ -1,7 +1,9 @@
 """Promotion records in PostgreSQL (`ml` schema): decisions, the current deployment, the
-history of champions. A decision that moves the champion is written with its deployment and
-history rows in one transaction, under an advisory lock per model that also serialises the
-compare-and-set of the MLflow alias (every promotion goes through here)."""
+history of champions. A decision that moves the champion is committed 'pending' before the MLflow
+alias moves and completed, with its deployment and history rows in one transaction, after it: the
+alias lives outside PostgreSQL, so no single transaction can cover both, and a retry must find what
+a crash left. An advisory lock per model serialises every promotion and the compare-and-set of the
+alias (every promotion goes through here)."""
 from __future__ import annotations
 
 import json
@@ -37,6 +39,19 @@ def model_lock(dsn: str, model_name: str):
         yield conn
 
 
+@contextmanager
+def promotion_lock(dsn: str, model_name: str):
+    """An autocommit connection holding the model's promotion lock across several short transactions
+    (the same lock as `model_lock`). The lock is the session's: it goes when the process dies."""
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext('planner.promotion'), hashtext(%s))", (model_name,))
+        try:
+            yield conn
+        finally:
+            if not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('planner.promotion'), hashtext(%s))", (model_name,))
+
+
 @dataclass(frozen=True)
 class Record:
     model_name: str
@@ -51,30 +66,60 @@ class Record:
     evaluation_run_id: str | None = None
     airflow_dag_id: str | None = None
     airflow_run_id: str | None = None
+    state: str = "complete"     # pending: a champion move not yet completed (see `complete_decision`)
+    plan_key: str | None = None
 
 
-def record_decision(conn, record: Record, model_uri: str | None = None) -> int:
-    """Insert the decision; when it moved the champion, also the deployment and history rows.
-    Runs in the caller's transaction (see `model_lock`)."""
-    decision_id = conn.execute(
+def record_decision(conn, record: Record) -> int:
+    """Insert the decision, nothing else: a move of the champion is recorded by `complete_decision`."""
+    return conn.execute(
         "INSERT INTO ml.promotion_decisions (model_name, version, action, outcome, previous_champion, reasons, metrics,"
-        " policy, approver, evaluation_run_id, airflow_dag_id, airflow_run_id)"
-        " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s) RETURNING decision_id",
+        " policy, approver, evaluation_run_id, airflow_dag_id, airflow_run_id, state, plan_key)"
+        " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s) RETURNING decision_id",
         (record.model_name, record.version, record.action, record.outcome, record.previous_champion,
          json.dumps(record.reasons), json.dumps(record.metrics, default=str), json.dumps(record.policy),
-         record.approver, record.evaluation_run_id, record.airflow_dag_id, record.airflow_run_id)).fetchone()[0]
-    if record.outcome in ("promoted", "rolled_back"):
-        conn.execute(
-            "INSERT INTO ml.model_deployments (model_name, version, previous_version, model_uri, decision_id, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (model_name) DO UPDATE SET version = EXCLUDED.version,"
-            " previous_version = EXCLUDED.previous_version, model_uri = EXCLUDED.model_uri,"
-            " decision_id = EXCLUDED.decision_id, updated_at = now()",
-            (record.model_name, record.version, record.previous_champion, model_uri, decision_id))
-        conn.execute(
-            "INSERT INTO ml.model_version_history (model_name, version, previous_version, change, decision_id)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (record.model_name, record.version, record.previous_champion, record.outcome, decision_id))
-    return decision_id
+         record.approver, record.evaluation_run_id, record.airflow_dag_id, record.airflow_run_id, record.state,
+         record.plan_key)).fetchone()[0]
+
+
+def complete_decision(conn, decision_id: int, model_uri: str) -> bool:
+    """Mark the pending decision complete and write its deployment and history rows; False when it was
+    not pending (already completed: nothing is written twice). Run it in one transaction."""
+    row = conn.execute("UPDATE ml.promotion_decisions SET state = 'complete' WHERE decision_id = %s AND"
+                       " state = 'pending' RETURNING model_name, version, previous_champion, outcome",
+                       (decision_id,)).fetchone()
+    if row is None:
+        return False
+    model_name, version, previous, outcome = row
+    conn.execute(
+        "INSERT INTO ml.model_deployments (model_name, version, previous_version, model_uri, decision_id, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (model_name) DO UPDATE SET version = EXCLUDED.version,"
+        " previous_version = EXCLUDED.previous_version, model_uri = EXCLUDED.model_uri,"
+        " decision_id = EXCLUDED.decision_id, updated_at = now()",
+        (model_name, version, previous, model_uri, decision_id))
+    conn.execute("INSERT INTO ml.model_version_history (model_name, version, previous_version, change, decision_id)"
+                 " VALUES (%s, %s, %s, %s, %s)", (model_name, version, previous, outcome, decision_id))
+    return True
+
+
+def abandon_decision(conn, decision_id: int) -> None:
+    """A pending decision whose move will not happen (the champion moved elsewhere meanwhile)."""
+    conn.execute("UPDATE ml.promotion_decisions SET state = 'abandoned' WHERE decision_id = %s AND state = 'pending'",
+                 (decision_id,))
+
+
+def plan_decision(conn, model_name: str, plan_key: str) -> dict | None:
+    """The decision a plan's earlier attempt left (pending or complete; an abandoned one is over), with
+    when its change of champion was recorded (None while pending or for a decision that moved nothing)."""
+    row = conn.execute(
+        "SELECT d.decision_id, d.outcome, d.state, d.reasons, h.changed_at FROM ml.promotion_decisions d"
+        " LEFT JOIN ml.model_version_history h ON h.decision_id = d.decision_id"
+        " WHERE d.model_name = %s AND d.plan_key = %s AND d.state <> 'abandoned'",
+        (model_name, plan_key)).fetchone()
+    if row is None:
+        return None
+    return {"decision_id": row[0], "outcome": row[1], "state": row[2], "reasons": row[3],
+            "changed_at": row[4].isoformat() if row[4] else None}
 
 
 def deployment(conn, model_name: str) -> dict | None:
@@ -113,9 +158,10 @@ def rollback_target(history: list[dict], current: str | None, requested: str | N
 
 
 def decisions(conn, model_name: str) -> list[dict]:
+    """Every decision, oldest first; `state` tells a pending or abandoned move of the champion from a done one."""
     rows = conn.execute("SELECT decision_id, version, action, outcome, previous_champion, reasons, approver,"
-                        " evaluation_run_id FROM ml.promotion_decisions WHERE model_name = %s ORDER BY decision_id",
-                        (model_name,)).fetchall()
+                        " evaluation_run_id, state FROM ml.promotion_decisions WHERE model_name = %s"
+                        " ORDER BY decision_id", (model_name,)).fetchall()
     keys = ("decision_id", "version", "action", "outcome", "previous_champion", "reasons", "approver",
-            "evaluation_run_id")
+            "evaluation_run_id", "state")
     return [dict(zip(keys, r)) for r in rows]

@@ -2,13 +2,15 @@
 
 decide -> (approval) -> apply, or -> record the outcome that moved nothing. The champion alias
 moves only in `apply`, compare-and-set under the model's PostgreSQL lock: if the champion is not
-the one the decision was made against, nothing moves and the refusal is recorded.
+the one the decision was made against, nothing moves and the refusal is recorded. `apply` is a
+retry's to finish: whichever step a crash stopped it at, running it again with the same plan ends
+with the alias, the records, the tags and Redis agreeing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from datetime import UTC, datetime
 
 from include.core import names
 from include.promotion import history
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 MODEL = names.REGISTERED_MODEL_NAME
 REDIS_KEY = f"planner:champion:{MODEL}"
+MOVES = ("promoted", "rolled_back")
 
 
 class PromotionError(RuntimeError):
@@ -143,47 +146,87 @@ def decide_rollback(dsn: str, model_version: str | None, require_approval: bool,
             "summary": f"**Roll back {MODEL}** from version {champion} to {target or '(none)'}: {why}"}
 
 
-def _record(plan: dict, outcome: str, reasons: list[str], approver: str | None, airflow: dict) -> history.Record:
+def plan_key(plan: dict, airflow: dict) -> str:
+    """Names one plan as one task acts on it: a retry of that task finds the record its earlier attempt left."""
+    parts = [MODEL, plan["action"], plan["model_version"], plan["expected_champion"], airflow.get("dag_id"),
+             airflow.get("run_id")]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _record(plan: dict, outcome: str, reasons: list[str], approver: str | None, airflow: dict,
+            state: str = "complete", key: str | None = None) -> history.Record:
     return history.Record(model_name=MODEL, version=plan["model_version"], action=plan["action"], outcome=outcome,
                           previous_champion=plan["expected_champion"], reasons=reasons, metrics=plan["metrics"],
                           policy=plan["policy"], approver=approver, evaluation_run_id=plan["evaluation_run_id"],
-                          airflow_dag_id=airflow.get("dag_id"), airflow_run_id=airflow.get("run_id"))
+                          airflow_dag_id=airflow.get("dag_id"), airflow_run_id=airflow.get("run_id"), state=state,
+                          plan_key=key)
+
+
+def _refusal(plan: dict, current: str | None, pending: bool) -> str:
+    expected, version = plan["expected_champion"] or "none", plan["model_version"]
+    if pending:
+        return (f"the champion moved while this change to version {version} was pending (expected {expected}, "
+                f"found {current or 'none'}): the alias was left as it is; re-evaluate and promote again")
+    if current == version:
+        return (f"version {version} is already the champion, but not by this decision (expected {expected}, "
+                f"found {current}): somebody else moved it; nothing was changed or recorded as deployed")
+    return (f"the champion moved since the decision (expected {expected}, found {current or 'none'}): "
+            f"nothing was changed; re-evaluate and promote again")
 
 
 def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
-    """Move the champion alias compare-and-set, tag the version, record and publish the deployment."""
+    """Move the champion alias compare-and-set, record the deployment, tag the versions, publish to Redis.
+
+    The alias is in MLflow, the records in PostgreSQL: no transaction spans both, so the decision is
+    committed 'pending' first, the alias moves, then the decision is completed with its deployment and
+    history rows. A retry of the same plan (same task) finds that record and resumes after the last step
+    that happened; tags and Redis are redone from the record."""
     registry = client()
     version = plan["model_version"]
-    with history.model_lock(dsn, MODEL) as conn:
+    key = plan_key(plan, airflow)
+    with history.promotion_lock(dsn, MODEL) as conn:
+        earlier = history.plan_decision(conn, MODEL, key)
         current = _alias_version(registry, names.CHAMPION_ALIAS)
-        if current == version and current != plan["expected_champion"]:
-            # A retry after this very change went through (e.g. Redis was down afterwards): finish, record nothing new.
-            decision_id = (history.deployment(conn, MODEL) or {}).get("decision_id")
-            publish_to_redis(dsn)
-            return {"outcome": plan["outcome"], "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
-                    "champion": version}
-        if current != plan["expected_champion"]:
-            reason = (f"the champion moved since the decision (expected {plan['expected_champion'] or 'none'}, "
-                      f"found {current or 'none'}): nothing was changed; re-evaluate and promote again")
-            decision_id = history.record_decision(conn, _record(plan, "refused", [reason], approver, airflow))
+        if earlier and earlier["state"] == "complete":
+            if earlier["outcome"] in MOVES and current == version:
+                _tag_and_publish(registry, dsn, plan, earlier["decision_id"], earlier["changed_at"])
+            return {"outcome": earlier["outcome"], "reasons": earlier["reasons"],
+                    "decision_id": earlier["decision_id"], "champion": current}
+        moved_by_us = earlier is not None and current == version
+        if current != plan["expected_champion"] and not moved_by_us:
+            reason = _refusal(plan, current, pending=earlier is not None)
+            with conn.transaction():
+                if earlier:
+                    history.abandon_decision(conn, earlier["decision_id"])
+                decision_id = history.record_decision(conn, _record(plan, "refused", [reason], approver, airflow,
+                                                                    key=key))
             return {"outcome": "refused", "reasons": [reason], "decision_id": decision_id, "champion": current}
-        decision_id = history.record_decision(conn, _record(plan, plan["outcome"], plan["decision"]["reasons"],
-                                                            approver, airflow),
-                                              model_uri=f"models:/{MODEL}/{version}")
-        # The alias moves last inside the transaction: if it fails, the records roll back with it.
-        registry.set_registered_model_alias(MODEL, names.CHAMPION_ALIAS, version)
-    now = datetime.now(UTC).isoformat()
-    tags = {"promotion_status": "champion", "promotion_decision_id": str(decision_id), "promoted_at": now}
-    if plan["action"] == "rollback":
-        tags["promotion_status"] = "champion (rollback)"
+        if earlier is None:
+            decision_id = history.record_decision(conn, _record(plan, plan["outcome"], plan["decision"]["reasons"],
+                                                                approver, airflow, state="pending", key=key))
+        else:
+            decision_id = earlier["decision_id"]
+        if not moved_by_us:
+            registry.set_registered_model_alias(MODEL, names.CHAMPION_ALIAS, version)
+        with conn.transaction():
+            history.complete_decision(conn, decision_id, model_uri=f"models:/{MODEL}/{version}")
+        changed_at = history.plan_decision(conn, MODEL, key)["changed_at"]
+        _tag_and_publish(registry, dsn, plan, decision_id, changed_at)
+    return {"outcome": plan["outcome"], "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
+            "champion": version}
+
+
+def _tag_and_publish(registry, dsn: str, plan: dict, decision_id: int, changed_at: str) -> None:
+    """From the record, so that redoing it after a crash writes the same values."""
+    version = plan["model_version"]
+    status = "champion (rollback)" if plan["action"] == "rollback" else "champion"
+    tags = {"promotion_status": status, "promotion_decision_id": str(decision_id), "promoted_at": changed_at}
     for key, value in tags.items():
         registry.set_model_version_tag(MODEL, version, key, value)
     if plan["expected_champion"]:
         registry.set_model_version_tag(MODEL, plan["expected_champion"], "promotion_status",
                                        f"replaced by {version}")
     publish_to_redis(dsn)
-    return {"outcome": plan["outcome"], "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
-            "champion": version}
 
 
 def record_outcome(dsn: str, plan: dict, outcome: str, reasons: list[str], approver: str | None,

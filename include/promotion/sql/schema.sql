@@ -21,6 +21,15 @@ CREATE TABLE IF NOT EXISTS ml.promotion_decisions (
     decided_at         timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS promotion_decisions_model_time ON ml.promotion_decisions (model_name, decided_at);
+-- A decision that moves the champion is committed 'pending' before the alias moves and made 'complete' with
+-- its deployment and history rows after; 'abandoned' when the champion moved elsewhere in between. plan_key
+-- names the plan and task that wrote it, so that a retry finds its own record. Added after the first
+-- release: existing databases get the columns here, their rows stay 'complete'.
+ALTER TABLE ml.promotion_decisions ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'complete'
+    CHECK (state IN ('pending', 'complete', 'abandoned'));
+ALTER TABLE ml.promotion_decisions ADD COLUMN IF NOT EXISTS plan_key text;
+CREATE UNIQUE INDEX IF NOT EXISTS promotion_decisions_plan ON ml.promotion_decisions (model_name, plan_key)
+    WHERE state <> 'abandoned';
 
 -- The champion the serving side should load, one row per model.
 CREATE TABLE IF NOT EXISTS ml.model_deployments (
@@ -43,3 +52,4 @@ CREATE TABLE IF NOT EXISTS ml.model_version_history (
     changed_at         timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS model_version_history_model ON ml.model_version_history (model_name, history_id);
+CREATE UNIQUE INDEX IF NOT EXISTS model_version_history_decision ON ml.model_version_history (decision_id);
