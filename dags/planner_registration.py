@@ -2,16 +2,20 @@
 ### planner_registration: register a trained model in the MLflow Model Registry, once
 
 Runs when training publishes a model directory (the `planner.model_artifacts` Asset) and from
-the trigger form with a `model_path` (any run directory under the models root: seed 000's
-custom model path). Training and registration are decoupled: registration takes minutes, is
-safe to rerun, and never trains.
+the trigger form with a `model_path` (any run directory under the models root). Training
+and registration are decoupled: registration takes minutes, is safe to rerun, and never
+trains.
 
-1. `resolve_model_path`: the path must lie inside the models root (no `..`, no symlink escape,
-   no other scheme), else the run fails here with the reason.
+1. `resolve_model_path`: the path must lie inside the models root, a local directory or an
+   object-storage prefix such as `s3://bucket/planner/models/planner_acceptance` (no `..`, no
+   symlink escape, no other scheme or bucket), else the run fails here with the reason.
 2. `wait_for_artifacts`: a sensor in reschedule mode (no worker slot held between checks) until
-   the directory has `_SUCCESS` and its manifest.
-3. `verify_artifacts`: every manifest file present with its sha256, the model, tokenizer and
-   recipe catalogue load and score; a bad directory fails with the list of what is wrong.
+   the directory is published (`_SUCCESS`, or the `_PUBLISHED` pointer on object storage) with
+   its manifest.
+3. `verify_artifacts`: every manifest file present with its sha256 (computed from the object
+   store itself when the root is remote), the model, tokenizer and recipe catalogue load and
+   score (from a scratch copy, removed afterwards); a bad directory fails with the list of
+   what is wrong.
 4. `register_model`: one version of `planner_acceptance` per training run, tagged with the
    training run id, dataset version, manifest digest and MLflow training run; alias
    `challenger`. A rerun, a retry or two runs at once leave exactly one version. Emits the
@@ -57,7 +61,7 @@ def planner_registration():
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.core import storage
-        from include.registration.artifacts import ModelPathError, resolve_model_path
+        from include.registration.artifacts import ModelPathError, resolve_model_uri
 
         context = get_current_context()
         given = context["params"]["model_path"]
@@ -68,28 +72,28 @@ def planner_registration():
                 raise AirflowFailException("no model_path: give one in the trigger form, or let training's "
                                            f"{names.ASSET_MODEL_ARTIFACTS} Asset event start this DAG")
             given = paths[-1]
-        root = storage.models_root()
-        if not storage.is_local(root):
-            raise AirflowFailException(f"the models root {root} is not a local or mounted path; registration "
-                                       "reads model directories from one (mount the bucket, e.g. with a CSI driver)")
         try:
-            return str(resolve_model_path(given, storage.local_path(root).as_posix(), must_exist=False))
+            return resolve_model_uri(given, storage.models_root(), must_exist=False)
         except ModelPathError as exc:
             raise AirflowFailException(str(exc)) from exc
 
     @task.sensor(poke_interval=SETTINGS.poke_interval_s, timeout=SETTINGS.wait_timeout_s, mode="reschedule")
     def wait_for_artifacts(model_path: str):
-        from pathlib import Path
-
         from airflow.sdk import PokeReturnValue
 
-        directory = Path(model_path)
-        done = (directory / names.SUCCESS_MARKER).is_file() and (directory / names.MODEL_MANIFEST_FILE).is_file()
+        from include.core import storage
+
+        done = storage.is_complete(model_path)
+        if done:
+            fs, path = storage.published(model_path)
+            done = fs.isfile(storage.join(path, names.MODEL_MANIFEST_FILE))
         return PokeReturnValue(is_done=done, xcom_value=model_path)
 
     @task
     def verify_artifacts(model_path: str) -> dict:
         import json
+        import tempfile
+        from pathlib import Path
 
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -98,30 +102,31 @@ def planner_registration():
             ModelPathError,
             artifact_problems,
             load_problems,
-            resolve_model_path,
+            resolve_model_uri,
         )
 
         try:  # again: the directory may have changed (a symlink swapped in) since the first check
-            directory = resolve_model_path(model_path, storage.local_path(storage.models_root()).as_posix())
+            uri = resolve_model_uri(model_path, storage.models_root())
         except ModelPathError as exc:
             raise AirflowFailException(str(exc)) from exc
-        problems = artifact_problems(directory)
-        if not problems:
-            problems = load_problems(directory)
+        problems = artifact_problems(Path(uri) if storage.is_local(uri) else uri)
+        if not problems and storage.is_local(uri):
+            problems = load_problems(Path(uri))
+        elif not problems:
+            with tempfile.TemporaryDirectory(prefix="planner-verify-") as scratch:
+                problems = load_problems(storage.download_dir(uri, Path(scratch) / "model"))
         if problems:
-            raise AirflowFailException(f"{directory} cannot be registered:\n- " + "\n- ".join(problems))
-        manifest = json.loads((directory / names.MODEL_MANIFEST_FILE).read_text())
-        return {"model_path": str(directory), "training_run_id": manifest["training_run_id"],
+            raise AirflowFailException(f"{uri} cannot be registered:\n- " + "\n- ".join(problems))
+        manifest = json.loads(storage.read_text(uri, names.MODEL_MANIFEST_FILE))
+        return {"model_path": uri, "training_run_id": manifest["training_run_id"],
                 "dataset_version": manifest.get("dataset_version")}
 
     @task(retries=SETTINGS.register_retries, retry_delay=timedelta(seconds=SETTINGS.register_retry_delay_s),
           retry_exponential_backoff=2.0, outlets=[REGISTERED_MODEL_ASSET])
     def register_model(verified: dict) -> dict:
-        from pathlib import Path
+        from include.registration.registry import register_uri
 
-        from include.registration.registry import register
-
-        registration = register(Path(verified["model_path"]))
+        registration = register_uri(verified["model_path"])
         print(f"{'registered' if registration.created else 'already registered'}: "
               f"{registration.model_name} version {registration.version} ({registration.training_run_id}); "
               f"alias {names.CHALLENGER_ALIAS}")

@@ -39,8 +39,14 @@ def _step(message: str) -> None:
 
 
 def _complete_models() -> set[str]:
-    root = Path(storage.models_root())
-    return {p.name for p in root.iterdir() if storage.is_complete(str(p))} if root.is_dir() else set()
+    root = storage.models_root()
+    fs, path = storage.filesystem(root)
+    children = [c.rstrip("/").rsplit("/", 1)[-1] for c in fs.ls(path, detail=False)] if fs.isdir(path) else []
+    return {name for name in children if not name.startswith("_") and storage.is_complete(storage.join(root, name))}
+
+
+def _manifest(training_run_id: str) -> dict:
+    return json.loads(storage.read_text(storage.join(storage.models_root(), training_run_id), names.MODEL_MANIFEST_FILE))
 
 
 def _registered_version(training_run_id: str) -> str | None:
@@ -163,7 +169,7 @@ def run_chain(services, version: str, started: float) -> None:
 
 def _model_version_of_newest_model() -> str:
     newest = sorted(_complete_models())[-1]
-    manifest = json.loads((Path(storage.models_root()) / newest / names.MODEL_MANIFEST_FILE).read_text())
+    manifest = _manifest(newest)
     version = _registered_version(manifest["training_run_id"])
     if version is None:
         raise ChainFailed(f"the chain finished but model {newest} has no registered version")
@@ -172,13 +178,11 @@ def _model_version_of_newest_model() -> str:
 
 def report_week(dsn: str, dataset_version: str, model_version: str) -> None:
     """What the chain produced for the dataset version: rows, model, version, evaluation, decision."""
-    counts = json.loads((storage.local_path(storage.dataset_uri(dataset_version)) / names.DATASET_COUNTS_FILE)
-                        .read_text())
+    counts = json.loads(storage.read_text(storage.dataset_uri(dataset_version), names.DATASET_COUNTS_FILE))
     print(f"    dataset {dataset_version}: {counts['rows']:,} rows, {counts['quarantined']:,} events quarantined "
           f"(bad share {100 * counts['bad_share']:.2f}%)")
     tags = _version_tags(model_version)
-    manifest = json.loads((Path(storage.models_root()) / tags["training_run_id"] / names.MODEL_MANIFEST_FILE)
-                          .read_text())
+    manifest = _manifest(tags["training_run_id"])
     metrics = manifest["final_metrics"]
     print(f"    model {manifest['training_run_id']}: validation AUC {metrics['val_auc']:.3f} "
           f"(keep-rate baseline {metrics['baseline_val_auc']:.3f})")

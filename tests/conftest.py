@@ -216,3 +216,29 @@ def isolated_planner(base: Path, events_dsn: str, **extra: str):
         with connect(events_dsn, autocommit=True) as conn:
             conn.execute("DROP SCHEMA IF EXISTS ml CASCADE")
         yield env, patch
+
+
+@pytest.fixture(scope="session")
+def s3_server(session_dir):
+    """A real S3-protocol server on loopback for the whole session; clients reach it by AWS_* env."""
+    from scripts.object_store import S3Server
+
+    server = S3Server(session_dir / "s3").start()
+    previous = {key: os.environ.get(key) for key in server.client_env()}
+    os.environ.update(server.client_env())
+    yield server
+    server.stop()
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture()
+def s3_root(s3_server, monkeypatch) -> str:
+    """A bucket of this test's own on the S3 server, as the storage root `s3://<bucket>/planner`."""
+    bucket = s3_server.create_bucket(f"planner-{uuid.uuid4().hex[:10]}")
+    root = f"{bucket}/planner"
+    monkeypatch.setenv("PLANNER_STORAGE_ROOT", root)
+    return root

@@ -13,11 +13,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def stream_sha256(fs, path: str) -> str:
+    """sha256 of a file on any fsspec filesystem, read in blocks (object storage included)."""
+    digest = hashlib.sha256()
+    with fs.open(path, "rb", block_size=8 << 20) as handle:
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def content_digest(uri: str, name: str) -> str:
-    """sha256 of a file under a local root; the filesystem's own checksum (e.g. the S3 ETag) elsewhere."""
+    """sha256 of a file of a published version, wherever it lies: the same bytes give the same
+    digest on a local root and on object storage."""
     from include.core import storage
 
+    fs, path = storage.published(uri)
     if storage.is_local(uri):
-        return file_sha256(storage.local_path(uri) / name)
-    fs, path = storage.filesystem(uri)
-    return str(fs.checksum(f"{path.rstrip('/')}/{name}"))
+        return file_sha256(Path(path) / name)
+    return stream_sha256(fs, f"{path.rstrip('/')}/{name}")

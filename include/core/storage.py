@@ -1,9 +1,20 @@
-"""Storage layout (DESIGN §3) and atomic publication of a directory of files.
+"""Storage layout and atomic publication of a directory of files (docs/contracts.md).
 
-A local root publishes by renaming a fully written staging directory (one syscall, so a
-reader never sees half a version). An object-storage root (any fsspec URL) has no rename:
-files are uploaded first and `_SUCCESS` last, after removing the old marker, so readers
-that gate on `_SUCCESS` (all of ours do) never read a half-written version.
+A version (a dataset, a model directory, a replay set) has one logical URI,
+`<root>/datasets/planner/<version>`, `<root>/models/planner_acceptance/<run id>`, ..., and
+every reader goes through `resolve` to find its published content:
+
+- A local root publishes by renaming a fully written staging directory into place (one
+  syscall, so a reader never sees half a version): the content is the directory itself,
+  with `_SUCCESS` written last.
+- An object-storage root (any fsspec URL: s3://, gs://, ...) has no rename. Each publish
+  uploads into an attempt prefix of its own, `<uri>/_attempt-<utc time>-<token>/`, with
+  `_SUCCESS` last there, and then writes the small pointer object `<uri>/_PUBLISHED` (a
+  single PUT, atomic on every object store) naming that attempt. Readers follow the
+  pointer, so the previous version stays readable until the new one is whole, an upload
+  that breaks off is never seen, and a retry simply publishes another attempt.
+- Versions written before the pointer existed (`_SUCCESS` directly under the URI) still
+  resolve; a pointer, once written, takes precedence.
 """
 from __future__ import annotations
 
@@ -17,6 +28,8 @@ from include.core import names
 from include.core.config import settings
 
 STAGING_DIR = "_staging"
+POINTER = "_PUBLISHED"
+ATTEMPT_PREFIX = "_attempt-"
 
 
 def join(root: str, *parts: str) -> str:
@@ -69,21 +82,46 @@ def filesystem(uri: str):
 
     if is_local(uri):
         return fsspec.filesystem("file"), str(local_path(uri))
-    return fsspec.core.url_to_fs(uri)
+    # No listing cache: another worker's publish must be seen by the next call, not a stale listing.
+    return fsspec.core.url_to_fs(uri, use_listings_cache=False)
+
+
+def resolve(uri: str) -> str | None:
+    """Where the published content of the version at `uri` lies, or None while nothing is
+    published (still being written, interrupted, or absent)."""
+    import json
+
+    fs, path = filesystem(uri)
+    pointer = join(path, POINTER)
+    if not is_local(uri):
+        try:
+            attempt = json.loads(fs.cat_file(pointer))["attempt"]
+        except FileNotFoundError:
+            attempt = None
+        if attempt is not None:
+            if "/" in attempt or not attempt.startswith(ATTEMPT_PREFIX):
+                raise ValueError(f"{pointer} names {attempt!r}, which is not an attempt of this version")
+            return join(uri, attempt) if fs.isfile(join(path, attempt, names.SUCCESS_MARKER)) else None
+    return uri if fs.isfile(join(path, names.SUCCESS_MARKER)) else None
 
 
 def is_complete(uri: str) -> bool:
-    """A version is complete when its `_SUCCESS` marker exists (written last)."""
-    fs, path = filesystem(uri)
-    return fs.isfile(join(path, names.SUCCESS_MARKER))
+    """A version is complete when it is published: its pointer, or its `_SUCCESS` marker (written last)."""
+    return resolve(uri) is not None
+
+
+def published(uri: str):
+    """(filesystem, path) of the version's published content, where readers read its files; the
+    URI itself while nothing is published (so a read fails with the file's name)."""
+    return filesystem(resolve(uri) or uri)
 
 
 def publish_dir(staging: Path, final_uri: str) -> str:
     """Publish a fully written staging directory as `final_uri`, `_SUCCESS` last.
 
     Re-publishing a version replaces it whole. Locally the new directory is renamed into
-    place before the old one is deleted; on object storage the old marker and files are
-    removed first, so readers see "incomplete" until the new `_SUCCESS` lands.
+    place before the old one is deleted; on object storage the new attempt is uploaded whole
+    before the pointer switches to it, so readers see the old version until then.
     """
     marker = staging / names.SUCCESS_MARKER
     if marker.exists():
@@ -102,17 +140,44 @@ def publish_dir(staging: Path, final_uri: str) -> str:
             shutil.rmtree(old, ignore_errors=True)
         return str(final)
 
+    import json
+    from datetime import UTC, datetime
+
     fs, path = filesystem(final_uri)
-    remote_marker = join(path, names.SUCCESS_MARKER)
-    if fs.exists(remote_marker):
-        fs.rm(remote_marker)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    for file in sorted(p for p in staging.rglob("*") if p.is_file()):
-        fs.put_file(str(file), join(path, file.relative_to(staging).as_posix()))
-    fs.pipe_file(remote_marker, b"")
+    attempt = f"{ATTEMPT_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    for file in files:
+        fs.put_file(str(file), join(path, attempt, file.relative_to(staging).as_posix()))
+    fs.pipe_file(join(path, attempt, names.SUCCESS_MARKER), b"")
+    fs.pipe_file(join(path, POINTER), json.dumps({
+        "attempt": attempt, "files": len(files), "published_at": datetime.now(UTC).isoformat()}).encode())
     shutil.rmtree(staging, ignore_errors=True)
     return final_uri
+
+
+def download_dir(uri: str, target: Path) -> Path:
+    """A local copy of the version's published content (a scratch copy: the caller removes it)."""
+    fs, path = published(uri)
+    target.mkdir(parents=True, exist_ok=True)
+    for remote in sorted(fs.find(path)):
+        relative = remote[len(path.rstrip("/")) + 1:]
+        local = target / relative
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(local))
+    return target
+
+
+def list_files(uri: str) -> dict[str, int]:
+    """{relative name: size} of every file of the version's published content."""
+    fs, path = published(uri)
+    prefix = path.rstrip("/") + "/"
+    return {name[len(prefix):]: int(info.get("size") or 0)
+            for name, info in sorted(fs.find(path, detail=True).items()) if name.startswith(prefix)}
+
+
+def rsplit_name(uri: str) -> str:
+    """The last segment of a URI or path."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def discard_staging(staging: Path) -> None:
@@ -130,5 +195,5 @@ def newest_complete_child(uri: str) -> str | None:
 
 
 def read_text(uri: str, name: str) -> str:
-    fs, path = filesystem(uri)
+    fs, path = published(uri)
     return fs.cat_file(join(path, name)).decode()

@@ -38,7 +38,7 @@ def log_dataset_version(uri: str, counts: dict) -> str:
     for run in previous:
         client.delete_run(run.info.run_id)
 
-    fs, path = storage.filesystem(uri)
+    fs, path = storage.published(uri)
     frame = pd.read_parquet(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}", columns=INPUT_COLUMNS, filesystem=fs)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dataset-{version}") as run:
         mlflow.set_tags({"dataset_version": version, "dataset_uri": uri, "dataset_digest": digest})

@@ -2,9 +2,9 @@
 
 Rows come from `include.dataset.build`, the code that builds training datasets (one source
 of truth for rows and as-of joins). The window defaults to the held-out days of the
-candidate's training dataset, `[training cutoff, dataset end)` (DESIGN §3); any window that
-reaches into a model's training window, or any replayed plan_id that was in its training
-rows, ends the evaluation (leakage).
+candidate's training dataset, `[training cutoff, dataset end)` (docs/contracts.md, offline
+evaluation); any window that reaches into a model's training window, or any replayed plan_id
+that was in its training rows, ends the evaluation (leakage).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def plan_ids(dataset_uri: str, before=None) -> set[str]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    fs, path = storage.filesystem(dataset_uri)
+    fs, path = storage.published(dataset_uri)
     rows_file = storage.join(path, names.DATASET_TRAINING_FILE)
     if not fs.isfile(rows_file):
         raise EvaluationError(f"the training dataset {dataset_uri} is gone ({names.DATASET_TRAINING_FILE} missing): "
@@ -118,7 +118,7 @@ def load_replay_rows(uri: str, max_rows: int | None = None):
     """The replay rows (plan_id order) with the columns scoring and slicing need, as pandas."""
     import pyarrow.parquet as pq
 
-    fs, path = storage.filesystem(uri)
+    fs, path = storage.published(uri)
     columns = ["plan_id", "household_id", "accepted_at", "input", "target", "workflow_type", "mode",
                "policy_version_id", "household_size"]
     table = pq.read_table(storage.join(path, names.DATASET_TRAINING_FILE), columns=columns, filesystem=fs)
@@ -128,5 +128,5 @@ def load_replay_rows(uri: str, max_rows: int | None = None):
 
 
 def replay_summary(uri: str) -> dict:
-    fs, path = storage.filesystem(uri)
+    fs, path = storage.published(uri)
     return json.loads(fs.cat_file(storage.join(path, names.DATASET_COUNTS_FILE)))

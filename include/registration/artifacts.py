@@ -10,8 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from include.core import names
-from include.core.hashing import file_sha256
+from include.core import names, storage
+from include.core.hashing import file_sha256, stream_sha256
 
 
 class ModelPathError(ValueError):
@@ -43,6 +43,49 @@ def resolve_model_path(model_path: str, models_root: str, must_exist: bool = Tru
     if (must_exist or resolved.exists()) and not resolved.is_dir():
         raise ModelPathError(f"model_path {model_path!r} is not a directory")
     return resolved
+
+
+def resolve_model_uri(model_path: str, models_root: str, must_exist: bool = True) -> str:
+    """The model directory `model_path` names, checked to lie inside the models root: a local
+    root's real path (`resolve_model_path`), or a URI under an object-storage root.
+
+    On object storage the same rules hold: the root's scheme and bucket only, a key under the
+    root's prefix (never the root itself, never a sibling prefix that merely starts alike), no
+    `..`, `.` or empty segments; a relative path is taken relative to the root.
+    """
+    if storage.is_local(models_root):
+        return str(resolve_model_path(model_path, storage.local_path(models_root).as_posix(), must_exist))
+    if not model_path or not model_path.strip():
+        raise ModelPathError("model_path is empty")
+    given = model_path.strip()
+    scheme, _, rest = models_root.rstrip("/").partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if "://" in given:
+        their_scheme, _, their_rest = given.partition("://")
+        their_bucket, _, key = their_rest.partition("/")
+        if their_scheme != scheme:
+            raise ModelPathError(f"model_path {model_path!r}: the models root is {models_root}, so only {scheme}:// "
+                                 f"paths under it are accepted, not other schemes")
+        if their_bucket != bucket:
+            raise ModelPathError(f"model_path {model_path!r} is in bucket {their_bucket!r}, not in the models "
+                                 f"root's bucket {bucket!r}")
+    elif given.startswith("/"):
+        raise ModelPathError(f"model_path {model_path!r} is a local path, but the models root is {models_root}")
+    else:
+        key = f"{prefix}/{given}" if prefix else given
+    segments = key.rstrip("/").split("/")
+    if ".." in segments or "." in segments:
+        raise ModelPathError(f"model_path {model_path!r} contains '..' or '.'")
+    if "" in segments:
+        raise ModelPathError(f"model_path {model_path!r} has an empty path segment")
+    key = "/".join(segments)
+    if prefix and not key.startswith(prefix.rstrip("/") + "/"):
+        raise ModelPathError(f"model_path {model_path!r} is not inside the models root {models_root}")
+    uri = f"{scheme}://{bucket}/{key}"
+    fs, path = storage.filesystem(uri)
+    if (must_exist or fs.exists(path)) and fs.isfile(path):
+        raise ModelPathError(f"model_path {model_path!r} is not a directory")
+    return uri
 
 
 def load_problems(directory: Path) -> list[str]:
@@ -78,29 +121,44 @@ def load_problems(directory: Path) -> list[str]:
     return problems
 
 
-def artifact_problems(directory: Path) -> list[str]:
-    """Everything wrong with a model directory (empty list: complete and intact)."""
+def _listing(directory: Path | str):
+    """(files, read text of a file, sha256 of a file) of a local directory or a published URI; the
+    hashes of a URI are computed from the object store itself, not from a copy."""
+    if isinstance(directory, Path) or storage.is_local(directory):
+        root = storage.local_path(str(directory))
+        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return files, lambda name: (root / name).read_text(), lambda name: file_sha256(root / name)
+    fs, path = storage.published(directory)
+    files = sorted(storage.list_files(directory)) if storage.is_complete(directory) else []
+    return (files, lambda name: fs.cat_file(storage.join(path, name)).decode(),
+            lambda name: stream_sha256(fs, storage.join(path, name)))
+
+
+def artifact_problems(directory: Path | str) -> list[str]:
+    """Everything wrong with a model directory or published model URI (empty list: complete and intact)."""
     problems = []
-    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    files, read_text, sha256 = _listing(directory)
     if not files:
-        return [f"{directory} is empty"]
+        return [f"{directory} is empty" if isinstance(directory, Path) else f"{directory} is not published"]
     if names.SUCCESS_MARKER not in files:
         problems.append(f"{names.SUCCESS_MARKER} is missing: training did not finish publishing")
     for required in names.MODEL_REQUIRED_FILES:
         if required not in files:
             problems.append(f"{required} is missing")
     try:
-        manifest = json.loads((directory / names.MODEL_MANIFEST_FILE).read_text())
+        if names.MODEL_MANIFEST_FILE not in files:
+            raise FileNotFoundError(names.MODEL_MANIFEST_FILE)
+        manifest = json.loads(read_text(names.MODEL_MANIFEST_FILE))
         listed = manifest["files"]
     except FileNotFoundError:
         return [*problems, f"{names.MODEL_MANIFEST_FILE} is missing"]
     except (ValueError, KeyError, TypeError) as exc:
         return [*problems, f"{names.MODEL_MANIFEST_FILE} is unreadable: {exc}"]
+    present = set(files)
     for name, digest in sorted(listed.items()):
-        path = directory / name
-        if not path.is_file():
+        if name not in present:
             problems.append(f"{name} is in the manifest but missing")
-        elif file_sha256(path) != digest:
+        elif sha256(name) != digest:
             problems.append(f"{name} does not match its sha256 in the manifest")
     unlisted = set(files) - set(listed) - {names.MODEL_MANIFEST_FILE, names.SUCCESS_MARKER}
     problems += [f"{name} is not in the manifest" for name in sorted(unlisted)]

@@ -56,7 +56,7 @@ class Registration:
         return asdict(self)
 
 
-def version_tags(manifest: dict, manifest_sha256: str, model_dir: Path) -> dict[str, str]:
+def version_tags(manifest: dict, manifest_sha256: str, model_dir: Path | str) -> dict[str, str]:
     metrics = manifest.get("final_metrics") or {}
     tags = {TAG_TRAINING_RUN_ID: manifest["training_run_id"],
             "dataset_version": manifest.get("dataset_version", ""),
@@ -254,15 +254,27 @@ def _converge(client, versions: list):
     return winner
 
 
-def register(model_dir: Path) -> Registration:
-    """Register a verified model directory; returns the one version of its training run."""
+def register_uri(model_uri: str) -> Registration:
+    """Register a verified model directory given by its URI: read in place when local, from a scratch
+    copy (removed afterwards) when it lies on object storage."""
+    from include.core import storage
+
+    if storage.is_local(model_uri):
+        return register(storage.local_path(model_uri))
+    with tempfile.TemporaryDirectory(prefix="planner-register-") as scratch:
+        return register(storage.download_dir(model_uri, Path(scratch) / "model"), model_uri=model_uri)
+
+
+def register(model_dir: Path, model_uri: str | None = None) -> Registration:
+    """Register a verified model directory; returns the one version of its training run. `model_uri`:
+    where the directory was published, when `model_dir` is a copy of it."""
     from mlflow.exceptions import MlflowException
 
     manifest_path = model_dir / names.MODEL_MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     manifest_sha256 = file_sha256(manifest_path)
     training_run_id = manifest["training_run_id"]
-    tags = version_tags(manifest, manifest_sha256, model_dir)
+    tags = version_tags(manifest, manifest_sha256, model_uri or model_dir)
     try:
         client = registry_client()
         _ensure_registered_model(client)

@@ -93,12 +93,13 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int):
         raise DatasetError(f"dataset {uri} does not exist")
     if not storage.is_complete(uri):
         raise DatasetError(f"dataset {uri} has no {names.SUCCESS_MARKER}: it is incomplete or still being written")
+    version = uri.rstrip("/").rsplit("/", 1)[-1]
+    fs, path = storage.published(uri)
     rows_file = f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}"
     schema = pq.read_schema(rows_file, filesystem=fs)
     missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise DatasetError(f"dataset {uri}: {names.DATASET_TRAINING_FILE} lacks columns {missing}")
-    version = path.rstrip("/").rsplit("/", 1)[-1]
     try:
         cutoff = training_cutoff(version, holdout_days)
     except ValueError as exc:

@@ -124,3 +124,62 @@ def test_without_a_path_or_an_asset_event_the_run_says_what_is_missing(registrat
 
     assert run.state == "failed"
     assert "no model_path" in run_output(capfd)
+
+
+def _publish_to_object_storage(model_dir: Path) -> str:
+    """The trained directory published under the (s3://) models root, as a GPU pod's trainer does."""
+    from include.core import storage
+
+    uri = storage.join(storage.models_root(), model_dir.name)
+    staging = storage.new_staging_dir(uri)
+    shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+    (staging / names.SUCCESS_MARKER).unlink(missing_ok=True)
+    storage.publish_dir(staging, uri)
+    return uri
+
+
+@pytest.mark.e2e
+def test_a_model_on_object_storage_is_verified_there_and_registered_from_a_removed_scratch_copy(
+        registration_dag, fresh_mlflow, s3_root, trained_model, published_dataset, capfd):
+    import glob
+    import tempfile
+
+    import mlflow
+    import pyarrow.parquet as pq
+
+    uri = _publish_to_object_storage(trained_model)
+    assert uri.startswith("s3://")
+
+    run = registration_dag.test(run_conf={"model_path": uri})
+
+    assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
+    [version] = _registered_versions()
+    assert version.tags["model_path"] == uri
+    rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 5).to_pandas()
+    assert len(mlflow.pyfunc.load_model(f"models:/{names.REGISTERED_MODEL_NAME}/{version.version}").predict(rows))
+    assert glob.glob(f"{tempfile.gettempdir()}/planner-verify-*") == []
+    assert glob.glob(f"{tempfile.gettempdir()}/planner-register-*") == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("model_path", "reason"), [
+    ("{root}/../../datasets/planner/2026-11-23", "contains '..'"),
+    ("s3://another-bucket/planner/models/planner_acceptance/run", "not in the models root's bucket"),
+    ("{root}-evil/planner_acceptance-v20261123_010203", "is not inside the models root"),
+    ("gs://{bucket}/planner/models/planner_acceptance/run", "not other schemes"),
+    ("/tmp/planner_acceptance-v20261123_010203", "is a local path"),
+])
+def test_on_object_storage_paths_outside_the_models_root_are_refused(
+        registration_dag, fresh_mlflow, s3_root, trained_model, model_path, reason, capfd):
+    from include.core import storage
+
+    _publish_to_object_storage(trained_model)
+    bucket = s3_root.removeprefix("s3://").split("/")[0]
+    given = model_path.format(root=storage.models_root(), bucket=bucket)
+
+    run = registration_dag.test(run_conf={"model_path": given})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["resolve_model_path"] == "failed", states
+    assert reason in run_output(capfd)
+    assert _registered_versions() == []

@@ -1,0 +1,47 @@
+"""Every phase on an s3:// storage root, against a real S3-protocol server: the dataset is
+built, validated and published to the bucket and logged to MLflow; the trainer reads it from
+there and publishes its model there; registration verifies and registers it from the bucket;
+offline evaluation publishes its replay set there and scores the version. Nothing of it lands
+under the local disk but removed scratch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.core import names, storage
+from tests.conftest import isolated_planner
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_the_phases_run_on_an_s3_storage_root(s3_server, training_events_dsn, tmp_path):
+    from include.dataset.pipeline import build_validate_publish
+    from include.dataset.tracking import log_dataset_version
+    from include.dataset.window import resolve_window
+    from include.evaluation.pipeline import build_and_check_replay, evaluate, plan
+    from include.registration.registry import register_uri
+    from include.training import cli
+
+    bucket = s3_server.create_bucket("planner-chain")
+    with isolated_planner(tmp_path, training_events_dsn, PLANNER_STORAGE_ROOT=f"{bucket}/planner"):
+        published = build_validate_publish(training_events_dsn, resolve_window("2026-11-23", 28), max_bad_share=0.05)
+        assert published["uri"] == f"{bucket}/planner/datasets/planner/2026-11-23"
+        assert storage.resolve(published["uri"]).startswith(published["uri"] + "/" + storage.ATTEMPT_PREFIX)
+        assert log_dataset_version(published["uri"], published["counts"])
+
+        run_id = "planner_acceptance-v20261123_040506"
+        assert cli.main(["--dataset-uri", published["uri"], "--output-root", storage.models_root(),
+                         "--training-run-id", run_id, "--epochs", "1", "--max-rows", "400",
+                         "--batch-size", "32"]) == 0
+        model_uri = storage.join(storage.models_root(), run_id)
+        manifest = json.loads(storage.read_text(model_uri, names.MODEL_MANIFEST_FILE))
+        assert manifest["dataset_uri"] == published["uri"] and storage.is_complete(model_uri)
+
+        registration = register_uri(model_uri)
+        report = evaluate(training_events_dsn, (evaluation := plan(registration.version, "none")),
+                          build_and_check_replay(training_events_dsn, evaluation), max_rows=200)
+        assert report["counts"]["examples"] > 0
+        assert report["replay"]["uri"].startswith(f"{bucket}/planner/replays/") and storage.is_complete(
+            report["replay"]["uri"])
+    assert not (tmp_path / "storage").exists()  # the local default root was never written
