@@ -10,7 +10,7 @@ in the same run, on the same database.
    printed too, to show what the pushed-down joins cost;
 3. the whole build (extract, as-of joins, rows, Parquet) in a child process, with its peak
    RSS: goals <= 60 s and <= 2 GB on a 2-core machine;
-4. the naive per-event lookup (seed 004's loop: one query per lookup, as-of semantics kept)
+4. the naive per-event lookup (a loop of one query per lookup, as-of semantics kept)
    on a 20k-event sample, scaled to the window: goal >= 20x slower than the build; once with
    one persistent connection (the strongest form of the loop) and once through
    PostgresHook.get_records (what the loop becomes in an Airflow task: a connection per call).
@@ -114,7 +114,7 @@ def whole_build(dsn: str, parts: int) -> dict:
 
 
 NAIVE_LOOKUPS = [
-    # (name, SQL with %s placeholders, which arguments) -- seed 004's loop, made correct (as of the plan time)
+    # (name, SQL with %s placeholders, which arguments) -- the naive loop, made correct (as of the plan time)
     ("generation", "SELECT \"timestamp\", context, payload FROM exp.events WHERE payload->>'plan_id' = %s "
                    "AND event_type = 'plan_generated' AND \"timestamp\" <= %s ORDER BY \"timestamp\" DESC LIMIT 1"),
     ("household", "SELECT * FROM app.households WHERE household_id = %s AND valid_from <= %s "

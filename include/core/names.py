@@ -32,11 +32,11 @@ SUCCESS_MARKER = "_SUCCESS"
 EVAL_REPORT_FILE = "evaluation_report.json"
 EVAL_REPORT_MD_FILE = "evaluation_report.md"
 
-# Training run ids: seed 002's `planner_acceptance-vYYYYMMDD_HHMMSS`.
+# Training run ids: `planner_acceptance-vYYYYMMDD_HHMMSS` (docs/contracts.md, storage layout).
 TRAINING_RUN_ID_FORMAT = REGISTERED_MODEL_NAME + "-v%Y%m%d_%H%M%S"
 TRAINING_RUN_ID_PATTERN = rf"^{REGISTERED_MODEL_NAME}-v\d{{8}}_\d{{6}}$"
 
-# Files of a published dataset version (DESIGN §3).
+# Files of a published dataset version (docs/contracts.md, storage layout).
 DATASET_TRAINING_FILE = "training.parquet"
 DATASET_QUARANTINE_FILE = "quarantine.parquet"
 DATASET_RECIPES_FILE = "recipes.parquet"
@@ -45,7 +45,7 @@ DATASET_SUMMARY_FILE = "dataset_summary.md"
 DATASET_VALIDATION_FILE = "validation.json"
 DATASET_COUNTS_FILE = "counts.json"
 
-# Files of a published model directory (DESIGN §3).
+# Files of a published model directory (docs/contracts.md, storage layout).
 MODEL_MANIFEST_FILE = "training_manifest.json"
 # The recipe catalogue the model was trained with: the served model turns rows into text with it.
 MODEL_RECIPES_FILE = "recipes.parquet"

@@ -1,4 +1,4 @@
-"""`dataset_summary.md` in the seed-004 style: what is in the version, what was left out and why."""
+"""`dataset_summary.md`: what is in the version, what was left out and why."""
 from __future__ import annotations
 
 from include.dataset import schema

@@ -1,1 +1,2 @@
-"""Source data: the DDL the project owns (DESIGN §4) and a seeded generator for demo/tests/benchmarks."""
+"""Source data: the DDL the project owns (docs/contracts.md, source schema) and a seeded generator
+for demo/tests/benchmarks."""

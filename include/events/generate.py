@@ -2,11 +2,11 @@
 
     python -m include.events.generate --households 2000 --weeks 8 --seed 7 --reset
 
-What it makes (DESIGN §4): recipes; households whose profile, pantry and constraints
-change over time (so the as-of join matters); weekly plans (`plan_generated`, sometimes
-regenerated, viewed, then mostly accepted with the household's swaps, removals and serving
-changes as `app.plan_edits`, some edits landing after acceptance); and a configurable dirty
-share (duplicate deliveries, second acceptances, acceptances without generation, payloads
+What it makes (docs/contracts.md, source schema): recipes; households whose profile, pantry
+and constraints change over time (so the as-of join matters); weekly plans (`plan_generated`,
+sometimes regenerated, viewed, then mostly accepted with the household's swaps, removals and
+serving changes as `app.plan_edits`, some edits landing after acceptance); and a configurable
+dirty share (duplicate deliveries, second acceptances, acceptances without generation, payloads
 without plan_id or meals, unknown recipe ids, unknown households, unknown event types).
 
 Which proposed meals a household keeps follows a known model of the state *as of the plan

@@ -1,5 +1,5 @@
--- Source tables of DESIGN §4 (a contract: columns must not change) plus the indexes the
--- dataset extraction relies on. Idempotent: safe to run on every start.
+-- Source tables of docs/contracts.md (source schema; a contract: columns must not change) plus the
+-- indexes the dataset extraction relies on. Idempotent: safe to run on every start.
 CREATE SCHEMA IF NOT EXISTS exp;
 CREATE SCHEMA IF NOT EXISTS app;
 CREATE SCHEMA IF NOT EXISTS sim;

@@ -30,7 +30,7 @@ class Example:
 
 
 def training_cutoff(dataset_version: str, holdout_days: int) -> datetime:
-    """Rows accepted at or after this instant are held out for offline replay (DESIGN §3)."""
+    """Rows accepted at or after this instant are held out for offline replay (docs/contracts.md, held-out days)."""
     if holdout_days < 0:
         raise DatasetError(f"holdout_days must be >= 0, got {holdout_days}")
     end = datetime.combine(datetime.strptime(dataset_version, "%Y-%m-%d").date(), time(0), tzinfo=UTC)

@@ -1,5 +1,5 @@
-"""One test per DESIGN §4 rule, with hand-written events at the boundaries, built by the real
-extraction against the real PostgreSQL test database."""
+"""One test per dataset rule (docs/contracts.md, dataset rules), with hand-written events at the
+boundaries, built by the real extraction against the real PostgreSQL test database."""
 from __future__ import annotations
 
 from datetime import timedelta

@@ -1,6 +1,6 @@
 -- Candidates of the window [start, end): one record per first acceptance of a plan and one per
 -- malformed plan event. `reject_reason` is NULL for a training row, else why it goes to
--- quarantine (the first failing rule wins). The rules of DESIGN §4:
+-- quarantine (the first failing rule wins). The dataset rules (docs/contracts.md):
 --   * events collapse by event_id (a stream may deliver one twice);
 --   * a row needs the plan's FIRST acceptance in the window: an earlier acceptance, inside
 --     or before the window, makes this one a duplicate (no row, counted by the caller);

@@ -1,4 +1,4 @@
--- Promotion history and the current deployment (seed 002's domain configuration role).
+-- Promotion history and the current deployment (docs/contracts.md, promotion records).
 -- Idempotent: every statement may run again.
 CREATE SCHEMA IF NOT EXISTS ml;
 
