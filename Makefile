@@ -29,6 +29,7 @@ bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same ru
 	$(PY) -m bench.training_throughput
 	$(PY) -m bench.registration
 	$(PY) -m bench.offline_eval
+	$(PY) -m bench.object_storage
 
 venv: $(STAMP)
 
