@@ -50,9 +50,11 @@ SETTINGS = registration_settings()
     default_args={"owner": "ml-platform", "retries": 0},
     params={
         "model_path": Param(None, type=["null", "string"], title="Model path",
-                            description="A run directory under the models root (absolute, or relative to the "
-                                        "root, e.g. planner_acceptance-v20261123_000000). Empty: the model "
-                                        "the triggering training run published."),
+                            description="A run directory under the models root: a path or URI under it (e.g. "
+                                        "s3://bucket/planner/models/planner_acceptance/planner_acceptance-"
+                                        "v20261123_000000), or relative to the root (planner_acceptance-"
+                                        "v20261123_000000). Empty: the model the triggering training run "
+                                        "published."),
     },
 )
 def planner_registration():

@@ -237,6 +237,8 @@ class MlflowServer:
     root: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    artifact_root: str | None = None   # e.g. s3://bucket/mlflow: clients write artifacts there directly
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -247,8 +249,9 @@ class MlflowServer:
         command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                   "--default-artifact-root", str(self.root / "artifacts"), "--no-serve-artifacts"]
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+                   "--default-artifact-root", self.artifact_root or str(self.root / "artifacts"),
+                   "--no-serve-artifacts"]
+        env = {**os.environ, **self.env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
         self.process = spawn_service(command, env, self.root / "server.log")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -45,3 +45,39 @@ def test_the_phases_run_on_an_s3_storage_root(s3_server, training_events_dsn, tm
         assert report["replay"]["uri"].startswith(f"{bucket}/planner/replays/") and storage.is_complete(
             report["replay"]["uri"])
     assert not (tmp_path / "storage").exists()  # the local default root was never written
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_a_model_on_the_bucket_registers_into_an_mlflow_server_whose_artifacts_are_in_the_bucket(
+        s3_server, trained_model, published_dataset, tmp_path, monkeypatch):
+    """The team's registry: a tracking server on loopback with its artifact store in the bucket;
+    the version loads back from there by its models:/ URI."""
+    import shutil
+
+    import mlflow
+    import pyarrow.parquet as pq
+
+    from include.registration.registry import register_uri
+    from scripts.airflow_services import MlflowServer
+
+    bucket = s3_server.create_bucket("planner-registry")
+    server = MlflowServer(tmp_path / "mlflow", artifact_root=f"{bucket}/mlflow", env=s3_server.client_env()).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        monkeypatch.setenv("PLANNER_STORAGE_ROOT", f"{bucket}/planner")
+        uri = storage.join(storage.models_root(), trained_model.name)
+        staging = storage.new_staging_dir(uri)
+        shutil.copytree(trained_model, staging, dirs_exist_ok=True)
+        storage.publish_dir(staging, uri)
+
+        registration = register_uri(uri)
+        assert registration.created and register_uri(uri).version == registration.version  # a rerun finds it
+
+        logged = mlflow.MlflowClient().get_logged_model(registration.model_id)
+        assert logged.artifact_location.startswith(f"{bucket}/mlflow/")
+        rows = pq.read_table(f"{published_dataset}/{names.DATASET_TRAINING_FILE}").slice(0, 5).to_pandas()
+        assert len(mlflow.pyfunc.load_model(f"models:/{names.REGISTERED_MODEL_NAME}/{registration.version}")
+                   .predict(rows)) > 0
+    finally:
+        server.stop()
