@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     uri = args.dataset_uri or demo_dataset()
 
-    rows, recipes, _, _ = load_dataset(uri, holdout_days=7, max_rows=0)
+    rows, recipes, _, _, _ = load_dataset(uri, holdout_days=7, max_rows=0)
     train, val = split_by_household(examples_from_rows(rows, recipes), 0.2, seed=7)
     train, val = train[:args.examples], val[:2000]
     modeling.seed_everything(7)

@@ -117,9 +117,11 @@ def planner_registration():
         elif not problems:
             with tempfile.TemporaryDirectory(prefix="planner-verify-") as scratch:
                 problems = load_problems(storage.download_dir(uri, Path(scratch) / "model"))
+        manifest = json.loads(storage.read_text(uri, names.MODEL_MANIFEST_FILE)) if not problems else {}
+        if manifest.get("dataset_digest"):  # the rows it learned from must still be the ones it names
+            problems = storage.verify_revision(manifest["dataset_revision_uri"], manifest["dataset_digest"])
         if problems:
             raise AirflowFailException(f"{uri} cannot be registered:\n- " + "\n- ".join(problems))
-        manifest = json.loads(storage.read_text(uri, names.MODEL_MANIFEST_FILE))
         return {"model_path": uri, "training_run_id": manifest["training_run_id"],
                 "dataset_version": manifest.get("dataset_version")}
 

@@ -76,7 +76,7 @@ def test_a_model_on_the_bucket_registers_into_an_mlflow_server_whose_artifacts_a
 
         logged = mlflow.MlflowClient().get_logged_model(registration.model_id)
         assert logged.artifact_location.startswith(f"{bucket}/mlflow/")
-        rows = pq.read_table(f"{published_dataset}/{names.DATASET_TRAINING_FILE}").slice(0, 5).to_pandas()
+        rows = pq.read_table(f"{storage.resolve(published_dataset)}/{names.DATASET_TRAINING_FILE}").slice(0, 5).to_pandas()
         assert len(mlflow.pyfunc.load_model(f"models:/{names.REGISTERED_MODEL_NAME}/{registration.version}")
                    .predict(rows)) > 0
     finally:

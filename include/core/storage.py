@@ -30,6 +30,9 @@ from include.core.config import settings
 STAGING_DIR = "_staging"
 POINTER = "_PUBLISHED"
 ATTEMPT_PREFIX = "_attempt-"
+REVISION_PREFIX = "rev-"
+REVISION_FILE = "revision.json"     # inside a revision: its digest and files (not part of the digest)
+UNDIGESTED_FILES = {names.SUCCESS_MARKER, REVISION_FILE, names.DATASET_VALIDATION_FILE}
 
 
 def join(root: str, *parts: str) -> str:
@@ -86,23 +89,41 @@ def filesystem(uri: str):
     return fsspec.core.url_to_fs(uri, use_listings_cache=False)
 
 
-def resolve(uri: str) -> str | None:
-    """Where the published content of the version at `uri` lies, or None while nothing is
-    published (still being written, interrupted, or absent)."""
+def read_pointer(uri: str) -> dict | None:
+    """The version's `_PUBLISHED` pointer ({"attempt": <child>, ...}), or None where it has none."""
     import json
 
     fs, path = filesystem(uri)
-    pointer = join(path, POINTER)
-    if not is_local(uri):
-        try:
-            attempt = json.loads(fs.cat_file(pointer))["attempt"]
-        except FileNotFoundError:
-            attempt = None
-        if attempt is not None:
-            if "/" in attempt or not attempt.startswith(ATTEMPT_PREFIX):
-                raise ValueError(f"{pointer} names {attempt!r}, which is not an attempt of this version")
-            return join(uri, attempt) if fs.isfile(join(path, attempt, names.SUCCESS_MARKER)) else None
-    return uri if fs.isfile(join(path, names.SUCCESS_MARKER)) else None
+    try:
+        pointer = json.loads(fs.cat_file(join(path, POINTER)))
+    except FileNotFoundError:
+        return None
+    child = pointer.get("attempt")
+    if not isinstance(child, str) or "/" in child or not child.startswith((ATTEMPT_PREFIX, REVISION_PREFIX)):
+        raise ValueError(f"{join(uri, POINTER)} names {child!r}, which is not an attempt or revision of this version")
+    return pointer
+
+
+def published_content(uri: str) -> dict | None:
+    """{"uri": where the version's published content lies, "revision": its revision name ("" for
+    an attempt or a version from before revisions), "digest": its content digest (or "")}, read
+    from one look at the pointer; None while nothing is published (being written, interrupted, absent)."""
+    fs, path = filesystem(uri)
+    pointer = read_pointer(uri)
+    if pointer is not None:
+        child = pointer["attempt"]
+        if not fs.isfile(join(path, child, names.SUCCESS_MARKER)):
+            return None
+        is_revision = child.startswith(REVISION_PREFIX)
+        return {"uri": join(uri, child), "revision": child if is_revision else "",
+                "digest": pointer.get("digest", "") if is_revision else ""}
+    return {"uri": uri, "revision": "", "digest": ""} if fs.isfile(join(path, names.SUCCESS_MARKER)) else None
+
+
+def resolve(uri: str) -> str | None:
+    """Where the published content of the version at `uri` lies, or None while nothing is published."""
+    content = published_content(uri)
+    return content["uri"] if content else None
 
 
 def is_complete(uri: str) -> bool:
@@ -140,7 +161,6 @@ def publish_dir(staging: Path, final_uri: str) -> str:
             shutil.rmtree(old, ignore_errors=True)
         return str(final)
 
-    import json
     from datetime import UTC, datetime
 
     fs, path = filesystem(final_uri)
@@ -149,10 +169,96 @@ def publish_dir(staging: Path, final_uri: str) -> str:
     for file in files:
         fs.put_file(str(file), join(path, attempt, file.relative_to(staging).as_posix()))
     fs.pipe_file(join(path, attempt, names.SUCCESS_MARKER), b"")
-    fs.pipe_file(join(path, POINTER), json.dumps({
-        "attempt": attempt, "files": len(files), "published_at": datetime.now(UTC).isoformat()}).encode())
+    _write_pointer(final_uri, attempt, files=len(files))
     shutil.rmtree(staging, ignore_errors=True)
     return final_uri
+
+
+def content_digest_of(directory: Path) -> str:
+    """sha256 over every file's name and sha256 (validation and bookkeeping files excepted): the
+    identity of a revision's content, the same wherever it is published."""
+    import hashlib
+
+    from include.core.hashing import file_sha256
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = file.relative_to(directory).as_posix()
+        if name not in UNDIGESTED_FILES:
+            digest.update(f"{name}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _write_pointer(uri: str, child: str, **facts) -> None:
+    """Switch the version to `child` in one atomic step: a single PUT on object storage, a
+    rename over the old pointer locally."""
+    import json
+    from datetime import UTC, datetime
+
+    body = json.dumps({"attempt": child, "published_at": datetime.now(UTC).isoformat(), **facts}).encode()
+    if is_local(uri):
+        target = local_path(uri) / POINTER
+        partial = target.with_name(f"{POINTER}.{uuid.uuid4().hex[:8]}.partial")
+        partial.write_bytes(body)
+        os.replace(partial, target)
+    else:
+        fs, path = filesystem(uri)
+        fs.pipe_file(join(path, POINTER), body)
+
+
+def publish_revision(staging: Path, final_uri: str) -> dict:
+    """Publish a fully written staging directory as an immutable revision of `final_uri`,
+    `<final_uri>/rev-<digest>`, and point the version at it.
+
+    A revision is never rewritten or deleted once complete: identical content is a no-op (the
+    version points at the existing revision, nothing is written), different content becomes a
+    new revision beside the others. Returns {"uri", "revision", "revision_uri", "digest", "created"}.
+    """
+    import json
+
+    digest = content_digest_of(staging)
+    revision = f"{REVISION_PREFIX}{digest[:16]}"
+    revision_uri = join(final_uri, revision)
+    result = {"uri": final_uri, "revision": revision, "revision_uri": revision_uri, "digest": digest}
+    pointer = read_pointer(final_uri)
+    if is_complete(revision_uri):
+        discard_staging(staging)
+        if not pointer or pointer["attempt"] != revision:
+            _write_pointer(final_uri, revision, digest=digest)
+        return {**result, "created": False}
+    marker = staging / names.SUCCESS_MARKER
+    marker.unlink(missing_ok=True)
+    (staging / REVISION_FILE).write_text(json.dumps({"digest": digest, "revision": revision}, indent=2) + "\n")
+    if is_local(final_uri):
+        target = local_path(revision_uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("")
+        if target.exists():  # an earlier rename that never completed cannot exist locally; a stray copy can
+            raise FileExistsError(f"{target} exists but is not a complete revision: move it away and retry")
+        os.rename(staging, target)
+    else:
+        fs, path = filesystem(revision_uri)
+        for file in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != names.SUCCESS_MARKER):
+            fs.put_file(str(file), join(path, file.relative_to(staging).as_posix()))
+        fs.pipe_file(join(path, names.SUCCESS_MARKER), b"")
+        discard_staging(staging)
+    _write_pointer(final_uri, revision, digest=digest)
+    return {**result, "created": True}
+
+
+def verify_revision(revision_uri: str, digest: str) -> list[str]:
+    """What is wrong with a revision the caller expects to hold `digest` (empty: it does)."""
+    import tempfile
+
+    if not is_complete(revision_uri):
+        return [f"dataset revision {revision_uri} is not complete or no longer exists"]
+    with tempfile.TemporaryDirectory(prefix="planner-verify-dataset-") as scratch:
+        directory = local_path(revision_uri) if is_local(revision_uri) else download_dir(revision_uri, Path(scratch))
+        found = content_digest_of(directory)
+    if found != digest:
+        return [f"dataset revision {revision_uri} holds content {found[:16]}, not the {digest[:16]} it was "
+                f"trained on: its files changed after publication"]
+    return []
 
 
 def download_dir(uri: str, target: Path) -> Path:

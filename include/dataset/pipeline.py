@@ -40,7 +40,8 @@ def prune_staging(final_uri: str, max_age_s: float = STAGING_MAX_AGE_S) -> None:
 
 
 def build_validate_publish(dsn: str, window: Window, max_bad_share: float, parts: int = 2) -> dict:
-    """Build the version into staging, validate it, publish it atomically.
+    """Build the version into staging, validate it, publish it atomically as an immutable revision
+    (the same content again is a no-op; other content a new revision beside the old ones).
 
     Raises DatasetValidationError (nothing published, staging kept for inspection) when a
     check fails. Returns what the next task and the Asset event need.
@@ -61,6 +62,10 @@ def build_validate_publish(dsn: str, window: Window, max_bad_share: float, parts
         raise DatasetValidationError(
             f"dataset {window.version} failed validation; nothing was published (staging kept at {staging}):\n  - "
             + "\n  - ".join(validation.failures))
-    uri = storage.publish_dir(staging, final_uri)
-    log.info("published %s", uri)
-    return {"version": window.version, "uri": uri, "rows": counts["rows"], "counts": counts}
+    published = storage.publish_revision(staging, final_uri)
+    log.info("%s revision %s of dataset %s (%s)", "published" if published["created"] else "kept",
+             published["revision"], window.version,
+             "new content" if published["created"] else "identical content: nothing written")
+    return {"version": window.version, "uri": final_uri, "rows": counts["rows"], "counts": counts,
+            "revision": published["revision"], "revision_uri": published["revision_uri"],
+            "digest": published["digest"], "created": published["created"]}

@@ -16,10 +16,11 @@ INPUT_COLUMNS = ["plan_id", "household_id", "accepted_at", "workflow_type", "mod
 
 
 def log_dataset_version(uri: str, counts: dict) -> str:
-    """Log (or find) the MLflow run of a published version; returns its run id.
+    """Log (or find) the MLflow run of the version's current revision; returns its run id.
 
-    Rebuilding a version with the same content reuses its run; different content replaces it
-    (the older run is deleted, recoverable in MLflow), so each version has exactly one run.
+    One run per revision: rebuilding with the same content reuses its run; different content is a
+    new revision with a run of its own, and the older revision's run stays (models trained on it
+    point there). Versions published before revisions are identified by their rows' digest.
     """
     import mlflow
     import pandas as pd
@@ -28,20 +29,23 @@ def log_dataset_version(uri: str, counts: dict) -> str:
 
     window = counts["window"]
     version = window["version"]
-    digest = content_digest(uri, names.DATASET_TRAINING_FILE)
+    pointer = storage.read_pointer(uri) or {}
+    revision = pointer.get("attempt", "") if str(pointer.get("attempt", "")).startswith(storage.REVISION_PREFIX) else ""
+    digest = pointer.get("digest") if revision else content_digest(uri, names.DATASET_TRAINING_FILE)
     experiment_id = ensure_experiment(names.EXPERIMENT_DATASET)
     client = mlflow.MlflowClient()
-    previous = client.search_runs([experiment_id], filter_string=f"tags.dataset_version = '{version}'")
-    for run in previous:
-        if run.data.tags.get("dataset_digest") == digest:
-            return run.info.run_id
-    for run in previous:
-        client.delete_run(run.info.run_id)
+    previous = client.search_runs([experiment_id], filter_string=f"tags.dataset_version = '{version}' "
+                                                                 f"AND tags.dataset_digest = '{digest}'")
+    if previous:
+        return previous[0].info.run_id
 
     fs, path = storage.published(uri)
     frame = pd.read_parquet(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}", columns=INPUT_COLUMNS, filesystem=fs)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"dataset-{version}") as run:
-        mlflow.set_tags({"dataset_version": version, "dataset_uri": uri, "dataset_digest": digest})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"dataset-{version}" + (f"-{revision}" if revision
+                                                                                         else "")) as run:
+        mlflow.set_tags({"dataset_version": version, "dataset_uri": uri, "dataset_digest": digest,
+                         "dataset_revision": revision,
+                         "dataset_revision_uri": storage.join(uri, revision) if revision else uri})
         mlflow.log_params({"end_date": version, "window_start": window["start"], "window_end": window["end"],
                            "lookback_days": window["lookback_days"], "max_bad_share": counts["max_bad_share"]})
         mlflow.log_metrics({name: float(counts[name]) for name in METRICS})

@@ -11,7 +11,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from include.core import names
+from include.core import names, storage
 from include.evaluation.replay import EvaluationError, TrainingWindow
 
 log = logging.getLogger(__name__)
@@ -61,14 +61,15 @@ def plan(model_version: str | None, baseline: str | None, replay_start: str | No
 
 def _training_dict(training: TrainingWindow) -> dict:
     return {"model_version": training.model_version, "dataset_version": training.dataset_version,
-            "dataset_uri": training.dataset_uri, "cutoff": training.cutoff.isoformat()}
+            "dataset_uri": training.dataset_uri, "cutoff": training.cutoff.isoformat(),
+            "dataset_digest": training.dataset_digest}
 
 
 def _training(entry: dict) -> TrainingWindow:
     from datetime import datetime
 
     return TrainingWindow(entry["model_version"], entry["dataset_version"], entry["dataset_uri"],
-                          datetime.fromisoformat(entry["cutoff"]))
+                          datetime.fromisoformat(entry["cutoff"]), entry.get("dataset_digest", ""))
 
 
 def _window(evaluation_plan: dict):
@@ -91,6 +92,11 @@ def build_and_check_replay(dsn: str, evaluation_plan: dict, parts: int = 2) -> d
                               f"plans ({replay['quarantined']} events quarantined): nothing to evaluate")
     replayed = plan_ids(replay["uri"])
     trainings = [_training(t) for t in evaluation_plan["trainings"]]
+    changed = [problem for t in trainings if t.dataset_digest
+               for problem in storage.verify_revision(t.dataset_uri, t.dataset_digest)]
+    if changed:
+        raise EvaluationError("the training data of a compared version is not the data it was trained on, so the "
+                              "leakage check cannot be made:\n- " + "\n- ".join(changed))
     problems = leakage_problems(window, replayed, [(t, plan_ids(t.dataset_uri, before=t.cutoff)) for t in trainings])
     if problems:
         raise EvaluationError("leakage: the replay set is not held out:\n- " + "\n- ".join(problems))

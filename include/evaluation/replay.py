@@ -30,8 +30,9 @@ class TrainingWindow:
     """What a model was trained on, from its version's tags."""
     model_version: str
     dataset_version: str     # YYYY-MM-DD: the dataset's exclusive end
-    dataset_uri: str
+    dataset_uri: str         # the revision it trained on (the version's URI for models from before revisions)
     cutoff: datetime         # rows accepted before this were training rows
+    dataset_digest: str = ""  # the revision's content digest, checked before its rows are read
 
     @classmethod
     def from_tags(cls, version: str, tags: dict) -> TrainingWindow:
@@ -39,8 +40,8 @@ class TrainingWindow:
         if missing:
             raise EvaluationError(f"model version {version} lacks the tags {missing}: it was not registered by "
                                   f"{names.DAG_REGISTRATION}, so its training window is unknown")
-        return cls(version, tags["dataset_version"], tags["dataset_uri"],
-                   datetime.fromisoformat(tags["training_cutoff"]).astimezone(UTC))
+        return cls(version, tags["dataset_version"], tags.get("dataset_revision_uri") or tags["dataset_uri"],
+                   datetime.fromisoformat(tags["training_cutoff"]).astimezone(UTC), tags.get("dataset_digest", ""))
 
 
 def _midnight(value: str | date) -> datetime:

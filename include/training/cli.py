@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_dataset(uri: str, holdout_days: int, max_rows: int):
-    """(rows before the cutoff, recipe table, cutoff, version); DatasetError on anything unusable."""
+    """(rows before the cutoff, recipe table, cutoff, version, the revision read); DatasetError on anything
+    unusable. The revision is resolved once, so the rows and the lineage the manifest records agree."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -94,7 +95,10 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int):
     if not storage.is_complete(uri):
         raise DatasetError(f"dataset {uri} has no {names.SUCCESS_MARKER}: it is incomplete or still being written")
     version = uri.rstrip("/").rsplit("/", 1)[-1]
-    fs, path = storage.published(uri)
+    content = storage.published_content(uri)
+    if content is None:
+        raise DatasetError(f"dataset {uri} was replaced while it was read: run again")
+    fs, path = storage.filesystem(content["uri"])
     rows_file = f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}"
     schema = pq.read_schema(rows_file, filesystem=fs)
     missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
@@ -111,7 +115,9 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int):
     if table.num_rows == 0:
         raise DatasetError(f"dataset {uri} has no rows accepted before the training cutoff {cutoff.isoformat()}")
     recipes = pq.read_table(f"{path.rstrip('/')}/{names.DATASET_RECIPES_FILE}", filesystem=fs)
-    return table.to_pylist(), recipes, cutoff, version
+    revision = {"dataset_revision": content["revision"], "dataset_revision_uri": content["uri"],
+                "dataset_digest": content["digest"]}
+    return table.to_pylist(), recipes, cutoff, version, revision
 
 
 def write_manifest(directory: Path, content: dict) -> dict:
@@ -125,7 +131,7 @@ def write_manifest(directory: Path, content: dict) -> dict:
     return manifest
 
 
-def _dataset_reference(uri: str, version: str):
+def _dataset_reference(uri: str, version: str, digest: str = ""):
     """The dataset version as an MLflow input: its location and content digest, without loading it."""
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -133,7 +139,7 @@ def _dataset_reference(uri: str, version: str):
     from include.core.tracking import dataset_source
 
     return MetaDataset(source=dataset_source(uri), name=f"{names.DATASET_NAME}/{version}",
-                       digest=content_digest(uri, names.DATASET_TRAINING_FILE)[:16])
+                       digest=(digest or content_digest(uri, names.DATASET_TRAINING_FILE))[:16])
 
 
 def _device(requested: str) -> str:
@@ -156,7 +162,7 @@ def train(args: argparse.Namespace) -> dict:
     from include.core.tracking import ensure_experiment
     from include.training import modeling
 
-    rows, recipe_table, cutoff, version = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
+    rows, recipe_table, cutoff, version, revision = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
     examples = examples_from_rows(rows, recipe_index(recipe_table.to_pylist()))
     train_set, val_set = split_by_household(examples, args.val_share, args.seed)
     if args.shuffle_labels:
@@ -185,8 +191,9 @@ def train(args: argparse.Namespace) -> dict:
         experiment_id = ensure_experiment(names.EXPERIMENT_TRAINING)
         with mlflow.start_run(experiment_id=experiment_id, run_name=args.training_run_id) as run:
             mlflow.set_tags({"training_run_id": args.training_run_id, "dataset_version": version,
-                             "dataset_uri": args.dataset_uri})
-            mlflow.log_input(_dataset_reference(args.dataset_uri, version), context="training")
+                             "dataset_uri": args.dataset_uri, **revision})
+            mlflow.log_input(_dataset_reference(args.dataset_uri, version, revision["dataset_digest"]),
+                             context="training")
             mlflow.log_params({**hyper, "dataset_version": version, "training_cutoff": cutoff.isoformat(),
                                "train_examples": len(train_set), "val_examples": len(val_set)})
             mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
@@ -204,7 +211,7 @@ def train(args: argparse.Namespace) -> dict:
             pq.write_table(recipe_table, staging / names.MODEL_RECIPES_FILE)
             manifest = write_manifest(staging, {
                 "training_run_id": args.training_run_id, "mlflow_run_id": run.info.run_id,
-                "dataset_version": version, "dataset_uri": args.dataset_uri, "base_model": args.base_model,
+                "dataset_version": version, "dataset_uri": args.dataset_uri, **revision, "base_model": args.base_model,
                 "training_cutoff": cutoff.isoformat(), "hyperparameters": hyper, "final_metrics": final,
                 "torch_version": torch.__version__})
             mlflow.log_dict(manifest, names.MODEL_MANIFEST_FILE)

@@ -107,3 +107,36 @@ def test_a_pointer_naming_something_else_is_refused(s3_root):
     fs.pipe_file(storage.join(path, storage.POINTER), json.dumps({"attempt": "../../models/x"}).encode())
     with pytest.raises(ValueError, match="not an attempt"):
         storage.resolve(uri)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_root(request, tmp_path, monkeypatch):
+    """The same test on a local root and on the S3 server."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_root")
+    monkeypatch.setenv("PLANNER_STORAGE_ROOT", str(tmp_path / "storage"))
+    return str(tmp_path / "storage")
+
+
+def _files(uri: str) -> dict[str, bytes]:
+    fs, path = storage.filesystem(uri)
+    return {name: fs.cat_file(storage.join(path, name)) for name in storage.list_files(uri)}
+
+
+def test_revisions_are_immutable_identical_content_is_a_no_op_and_the_newest_is_the_version(any_root):
+    uri = storage.dataset_uri("2026-11-23")
+    first = storage.publish_revision(_staging_with(uri, "rows of a 28-day window"), uri)
+    assert first["created"] and storage.resolve(uri) == first["revision_uri"]
+    kept = _files(first["revision_uri"])
+
+    again = storage.publish_revision(_staging_with(uri, "rows of a 28-day window"), uri)
+    assert not again["created"] and again["revision_uri"] == first["revision_uri"]
+
+    other = storage.publish_revision(_staging_with(uri, "rows with late events"), uri)
+    assert other["created"] and other["revision"] != first["revision"]
+    assert storage.resolve(uri) == other["revision_uri"] and _read(uri) == "rows with late events"
+    assert _files(first["revision_uri"]) == kept  # never rewritten or deleted
+    assert storage.published_content(uri) == {"uri": other["revision_uri"], "revision": other["revision"],
+                                              "digest": other["digest"]}
+    assert storage.verify_revision(first["revision_uri"], first["digest"]) == []
+    assert "not the" in storage.verify_revision(first["revision_uri"], other["digest"])[0]

@@ -61,8 +61,9 @@ def test_dataset_dag_publishes_logs_and_emits_the_asset(generated, dataset_dag):
     assert run.state == "success"
 
     uri = storage.dataset_uri(VERSION)
-    path = storage.local_path(uri)
-    assert storage.is_complete(uri)
+    content = storage.published_content(uri)
+    path = storage.local_path(content["uri"])
+    assert content["revision"] == storage.REVISION_PREFIX + content["digest"][:16]
     rows = pq.read_table(path / names.DATASET_TRAINING_FILE)
     counts = json.loads((path / names.DATASET_COUNTS_FILE).read_text())
     assert rows.num_rows == counts["rows"] > 1000
@@ -77,6 +78,8 @@ def test_dataset_dag_publishes_logs_and_emits_the_asset(generated, dataset_dag):
     assert mlflow_run.data.metrics["rows"] == counts["rows"]
     assert mlflow_run.data.params["lookback_days"] == "28"
     assert mlflow_run.data.tags["dataset_uri"] == uri
+    assert mlflow_run.data.tags["dataset_digest"] == content["digest"]
+    assert mlflow_run.data.tags["dataset_revision"] == content["revision"]
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     assert {names.DATASET_SCHEMA_FILE, names.DATASET_SUMMARY_FILE, names.DATASET_VALIDATION_FILE} <= artifacts
     assert mlflow_run.inputs.dataset_inputs[0].dataset.name == f"planner/{VERSION}"
@@ -84,19 +87,47 @@ def test_dataset_dag_publishes_logs_and_emits_the_asset(generated, dataset_dag):
     events = _asset_events()
     assert events[-1]["source_dag_id"] == names.DAG_DATASET
     assert events[-1]["extra"] == {"dataset_version": VERSION, "dataset_uri": uri, "rows": counts["rows"],
-                                   "mlflow_run_id": mlflow_run.info.run_id}
+                                   "mlflow_run_id": mlflow_run.info.run_id, "dataset_revision": content["revision"],
+                                   "dataset_digest": content["digest"]}
 
 
-def test_rerunning_the_version_rewrites_it_identically_and_keeps_one_mlflow_run(generated, dataset_dag):
-    path = storage.local_path(storage.dataset_uri(VERSION))
-    before = (path / names.DATASET_TRAINING_FILE).read_bytes()
+def _tree(directory) -> dict:
+    return {p.relative_to(directory).as_posix(): (p.stat().st_mtime_ns, p.read_bytes()) for p in directory.rglob("*")
+            if p.is_file()}
+
+
+def test_rerunning_the_version_with_the_same_content_is_a_no_op_with_one_mlflow_run(generated, dataset_dag):
+    uri = storage.dataset_uri(VERSION)
+    revision = storage.resolve(uri)
+    before = _tree(storage.local_path(revision))
     _, runs_before = _dataset_runs()
 
     assert dataset_dag.test(run_conf={"end_date": VERSION}).state == "success"
 
-    assert (path / names.DATASET_TRAINING_FILE).read_bytes() == before
+    assert storage.resolve(uri) == revision and _tree(storage.local_path(revision)) == before  # not even rewritten
+    assert [p.name for p in storage.local_path(uri).iterdir() if p.name.startswith(storage.REVISION_PREFIX)] == \
+        [Path(revision).name]
     _, runs_after = _dataset_runs()
     assert [r.info.run_id for r in runs_after] == [r.info.run_id for r in runs_before]
+
+
+def test_a_rebuild_with_other_content_is_a_new_revision_and_the_old_one_never_changes(generated, dataset_dag):
+    uri = storage.dataset_uri(VERSION)
+    old = storage.resolve(uri)
+    old_files = _tree(storage.local_path(old))
+    _, runs_before = _dataset_runs()
+
+    assert dataset_dag.test(run_conf={"end_date": VERSION, "lookback_days": 21}).state == "success"
+
+    new = storage.resolve(uri)
+    assert new != old and _tree(storage.local_path(old)) == old_files  # trained models keep their exact rows
+    assert json.loads((storage.local_path(new) / names.DATASET_COUNTS_FILE).read_text())["window"]["lookback_days"] == 21
+    _, runs_after = _dataset_runs()
+    assert {r.info.run_id for r in runs_before} < {r.info.run_id for r in runs_after}  # the older run stays
+    assert _asset_events()[-1]["extra"]["dataset_revision"] == Path(new).name
+
+    assert dataset_dag.test(run_conf={"end_date": VERSION, "lookback_days": 28}).state == "success"
+    assert storage.resolve(uri) == old and _tree(storage.local_path(old)) == old_files  # back, nothing rewritten
 
 
 def test_failed_validation_fails_the_run_and_publishes_nothing(generated, dataset_dag):
@@ -111,7 +142,7 @@ def test_the_published_rows_carry_a_learnable_signal(generated):
 
     from include.events.db import connect
 
-    rows = pq.read_table(storage.local_path(storage.dataset_uri(VERSION)) / names.DATASET_TRAINING_FILE,
+    rows = pq.read_table(storage.local_path(storage.resolve(storage.dataset_uri(VERSION))) / names.DATASET_TRAINING_FILE,
                          columns=["plan_id", "proposed_plan", "target"]).to_pylist()
     with connect(generated) as conn:
         truth = {(str(p), str(r)): k for p, r, k in conn.execute("SELECT plan_id, recipe_id, p_keep FROM sim.keep_truth")}

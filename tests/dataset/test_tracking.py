@@ -8,17 +8,17 @@ from pathlib import Path
 import fsspec
 import mlflow
 
-from include.core import names
+from include.core import names, storage
 from include.core.tracking import configure_mlflow
 from include.dataset.tracking import log_dataset_version
 
 
 def test_logging_a_version_on_object_storage_and_again_reuses_the_run(published_dataset):
     fs = fsspec.filesystem("memory")
-    source = Path(published_dataset)
+    source = Path(storage.resolve(published_dataset))  # a copy in the layout from before revisions
     for file in source.iterdir():
-        fs.put_file(str(file), f"/lake/datasets/planner/{source.name}/{file.name}")
-    uri = f"memory://lake/datasets/planner/{source.name}"
+        fs.put_file(str(file), f"/lake/datasets/planner/{Path(published_dataset).name}/{file.name}")
+    uri = f"memory://lake/datasets/planner/{Path(published_dataset).name}"
     counts = json.loads((source / names.DATASET_COUNTS_FILE).read_text())
     counts["window"] = {**counts["window"], "version": "2031-01-06"}  # a version of its own in this store
     try:

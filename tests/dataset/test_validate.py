@@ -96,11 +96,12 @@ def test_publish_writes_every_contract_file_and_success_last(clean_source):
     hid = world.household(MID - timedelta(days=100))
     world.plan(hid, MID, MID + SECOND)
     published = build_validate_publish(clean_source, WINDOW, max_bad_share=0.05)
-    path = storage.local_path(published["uri"])
+    path = storage.local_path(published["revision_uri"])
+    assert storage.resolve(published["uri"]) == published["revision_uri"]
     assert sorted(p.name for p in path.iterdir()) == sorted([
         names.DATASET_TRAINING_FILE, names.DATASET_QUARANTINE_FILE, names.DATASET_RECIPES_FILE,
         names.DATASET_SCHEMA_FILE, names.DATASET_SUMMARY_FILE, names.DATASET_VALIDATION_FILE,
-        names.DATASET_COUNTS_FILE, names.SUCCESS_MARKER])
+        names.DATASET_COUNTS_FILE, storage.REVISION_FILE, names.SUCCESS_MARKER])
     success_time = (path / names.SUCCESS_MARKER).stat().st_mtime_ns
     assert all(p.stat().st_mtime_ns <= success_time for p in path.iterdir())
     assert json.loads((path / names.DATASET_VALIDATION_FILE).read_text())["success"] is True

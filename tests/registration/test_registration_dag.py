@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from include.core import names
+from include.core import names, storage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,7 +155,7 @@ def test_a_model_on_object_storage_is_verified_there_and_registered_from_a_remov
     assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
     [version] = _registered_versions()
     assert version.tags["model_path"] == uri
-    rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 5).to_pandas()
+    rows = pq.read_table(Path(storage.resolve(published_dataset)) / names.DATASET_TRAINING_FILE).slice(0, 5).to_pandas()
     assert len(mlflow.pyfunc.load_model(f"models:/{names.REGISTERED_MODEL_NAME}/{version.version}").predict(rows))
     assert glob.glob(f"{tempfile.gettempdir()}/planner-verify-*") == []
     assert glob.glob(f"{tempfile.gettempdir()}/planner-register-*") == []
@@ -182,4 +182,27 @@ def test_on_object_storage_paths_outside_the_models_root_are_refused(
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "failed" and states["resolve_model_path"] == "failed", states
     assert reason in run_output(capfd)
+    assert _registered_versions() == []
+
+
+@pytest.mark.e2e
+def test_a_model_whose_dataset_revision_changed_since_training_is_refused(
+        registration_dag, fresh_mlflow, model_in_storage, published_dataset, tmp_path, capfd):
+    from include.core import storage
+
+    manifest_path = model_in_storage / names.MODEL_MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["dataset_revision_uri"] == storage.resolve(published_dataset) and manifest["dataset_digest"]
+    copy = tmp_path / "rev-copy"  # the revision it trained on, then changed under it
+    shutil.copytree(storage.resolve(published_dataset), copy)
+    with open(copy / names.DATASET_TRAINING_FILE, "ab") as rows:
+        rows.write(b"\0")
+    manifest_path.write_text(json.dumps({**manifest, "dataset_revision_uri": str(copy)}))
+
+    run = registration_dag.test(run_conf={"model_path": model_in_storage.name})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["verify_artifacts"] == "failed", states
+    output = run_output(capfd)
+    assert "not the" in output and "it was trained on" in output
     assert _registered_versions() == []

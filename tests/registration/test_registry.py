@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from include.core import names
+from include.core import names, storage
 from include.registration import registry
 
 
@@ -40,7 +40,7 @@ def test_registered_model_loads_by_alias_and_scores_dataset_rows(fresh_mlflow, m
     assert len(version.tags["manifest_sha256"]) == 64
     assert version.run_id is None  # trained against another store (the session's): the tag keeps the link
 
-    rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 20).to_pandas()
+    rows = pq.read_table(Path(storage.resolve(published_dataset)) / names.DATASET_TRAINING_FILE).slice(0, 20).to_pandas()
     model = mlflow.pyfunc.load_model(f"models:/{names.REGISTERED_MODEL_NAME}@{names.CHALLENGER_ALIAS}")
     scores = model.predict(rows)  # every dataset column, as the dataset publishes them
     # The version's code is its own package, so it shadows nothing of the project's `include`.
@@ -67,7 +67,7 @@ def test_an_unknown_recipe_is_scored_and_flagged_not_a_failure(fresh_mlflow, mod
     import mlflow
 
     registry.register(model_in_storage)
-    rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 1).to_pandas()
+    rows = pq.read_table(Path(storage.resolve(published_dataset)) / names.DATASET_TRAINING_FILE).slice(0, 1).to_pandas()
     context = json.loads(rows["input"][0])
     context["proposed_plan"]["meals"][0]["recipe_id"] = "R-NEW-9999"
     rows.loc[0, "input"] = json.dumps(context)
@@ -203,7 +203,7 @@ def test_the_served_encoding_and_batching_match_the_tokenizer_and_single_forward
 
     model = PlannerAcceptanceModel()
     model.load_context(Context())
-    rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 40).to_pandas()
+    rows = pq.read_table(Path(storage.resolve(published_dataset)) / names.DATASET_TRAINING_FILE).slice(0, 40).to_pandas()
     _, contexts, meal_rows, meals = model.texts(rows)
     pairs = ([contexts[r] for r in meal_rows], meals)
     assert model._pair_template() is not None  # the shortcut is in use, not the fallback

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from include.core import names
+from include.core import names, storage
 from include.registration import registry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def registered(fresh_mlflow, model_in_storage, published_dataset, tmp_path):
     import mlflow
 
     registry.register(model_in_storage)
-    rows = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 20)
+    rows = pq.read_table(Path(storage.resolve(published_dataset)) / names.DATASET_TRAINING_FILE).slice(0, 20)
     pq.write_table(rows, tmp_path / "rows.parquet")
     scores = mlflow.pyfunc.load_model(URI).predict(rows.to_pandas())["keep_probability"].tolist()
     return {"rows": tmp_path / "rows.parquet", "scores": scores, "model_dir": model_in_storage}

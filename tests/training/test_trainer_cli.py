@@ -32,13 +32,14 @@ def _copy_dataset(uri: str, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("breakage", ["missing", "no_success", "wrong_schema", "all_after_cutoff", "not_a_version"])
 def test_bad_input_is_refused_before_training(published_dataset, tmp_path, capsys, breakage):
     dataset = _copy_dataset(published_dataset, tmp_path)
+    content = Path(storage.resolve(str(dataset)))  # the copy's published revision
     if breakage == "missing":
         shutil.rmtree(dataset)
     elif breakage == "no_success":
-        (dataset / names.SUCCESS_MARKER).unlink()
+        (content / names.SUCCESS_MARKER).unlink()
     elif breakage == "wrong_schema":
-        table = pq.read_table(dataset / names.DATASET_TRAINING_FILE).drop_columns(["target"])
-        pq.write_table(table, dataset / names.DATASET_TRAINING_FILE)
+        table = pq.read_table(content / names.DATASET_TRAINING_FILE).drop_columns(["target"])
+        pq.write_table(table, content / names.DATASET_TRAINING_FILE)
     elif breakage == "all_after_cutoff":
         pass  # holdout of the whole window below
     else:
@@ -127,9 +128,9 @@ def test_training_publishes_a_complete_reloadable_model_and_a_retry_reuses_it(pu
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    row = pq.read_table(Path(published_dataset) / names.DATASET_TRAINING_FILE).slice(0, 1).to_pylist()[0]
+    row = pq.read_table(Path(storage.resolve(published_dataset)) / names.DATASET_TRAINING_FILE).slice(0, 1).to_pylist()[0]
     context = json.loads(row["input"])
-    recipes = recipe_index(pq.read_table(Path(published_dataset) / names.DATASET_RECIPES_FILE).to_pylist())
+    recipes = recipe_index(pq.read_table(Path(storage.resolve(published_dataset)) / names.DATASET_RECIPES_FILE).to_pylist())
     meal = recipes[context["proposed_plan"]["meals"][0]["recipe_id"]]
     with torch.no_grad():
         probs = torch.softmax(model(**tokenizer(context_text(context), meal_text(meal, context),
@@ -157,8 +158,8 @@ def test_the_dataset_schema_contract_is_what_the_trainer_reads(published_dataset
     from include.core.features import RECIPE_COLUMNS
     from include.training.examples import REQUIRED_COLUMNS
 
-    assert set(REQUIRED_COLUMNS) <= set(pq.read_schema(Path(published_dataset) / names.DATASET_TRAINING_FILE).names)
-    recipes = pq.read_schema(Path(published_dataset) / names.DATASET_RECIPES_FILE)
+    assert set(REQUIRED_COLUMNS) <= set(pq.read_schema(Path(storage.resolve(published_dataset)) / names.DATASET_TRAINING_FILE).names)
+    recipes = pq.read_schema(Path(storage.resolve(published_dataset)) / names.DATASET_RECIPES_FILE)
     assert set(RECIPE_COLUMNS) <= set(recipes.names) and recipes.field("prep_time").type == pa.int32()
 
 
@@ -168,16 +169,16 @@ def test_training_reads_and_publishes_on_object_storage(published_dataset):
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    source = Path(published_dataset)
+    source = Path(storage.resolve(published_dataset))  # a copy in the layout from before revisions
     for file in source.iterdir():
-        fs.put_file(str(file), f"/bucket/datasets/planner/{source.name}/{file.name}")
+        fs.put_file(str(file), f"/bucket/datasets/planner/{Path(published_dataset).name}/{file.name}")
     run_id = "planner_acceptance-v20261123_000099"
     try:
-        assert cli.main(["--dataset-uri", f"memory://bucket/datasets/planner/{source.name}",
+        assert cli.main(["--dataset-uri", f"memory://bucket/datasets/planner/{Path(published_dataset).name}",
                          "--output-root", "memory://bucket/models", "--training-run-id", run_id, *SMALL]) == 0
         assert storage.is_complete(f"memory://bucket/models/{run_id}")
         manifest = json.loads(storage.read_text(f"memory://bucket/models/{run_id}", names.MODEL_MANIFEST_FILE))
         assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json"}
-        assert manifest["dataset_uri"] == f"memory://bucket/datasets/planner/{source.name}"
+        assert manifest["dataset_uri"] == f"memory://bucket/datasets/planner/{Path(published_dataset).name}"
     finally:
         fs.rm("/bucket", recursive=True)
