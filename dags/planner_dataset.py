@@ -9,21 +9,33 @@ edits up to the acceptance.
 
 | task | what it does |
 |---|---|
-| `resolve_window` | turns the Params (or the run's data interval) into the window and version |
-| `build_validate_publish` | extracts (pushed down to PostgreSQL, plan_id ranges in parallel), writes the files, validates them with Great Expectations and the bad-share limit, then publishes atomically (`_SUCCESS` last). A failed validation publishes nothing and is not retried. |
+| `resolve_window` | turns the Params (or the run's time and the lateness allowance) into the window and version |
+| `build_validate_publish` | extracts (pushed down to PostgreSQL, plan_id ranges in parallel), writes the files, validates them with Great Expectations and the bad-share limit, then publishes it atomically as an immutable revision `rev-<digest>` of the version (`_SUCCESS` last; the same content again writes nothing, other content is a new revision beside the old ones, which never change). A failed validation publishes nothing and is not retried. |
 | `log_dataset` | logs the version to MLflow (experiment `planner_dataset`) and emits the `planner.dataset` Asset that schedules training |
 
 Bad events (no plan_id, no meals, unknown recipe, no generation before the acceptance, no
 household state at the plan time) go to `quarantine.parquet` with their reason; the run fails
 only when their share exceeds `max_bad_share`. Re-running a version rewrites it identically.
 
-Runs every Monday 00:00 UTC (the window ends at that Monday) and from the trigger form.
+Runs weekly at Monday 00:00 UTC + `PLANNER_DATASET_LATENESS_HOURS` (default 6, so Mondays
+06:00 UTC; 0..72; `PLANNER_DATASET_SCHEDULE` overrides the cron, `none`: triggered only), and
+from the trigger form. The window still ends at that Monday 00:00 UTC and the version is that
+Monday: the run only waits, so that events which reach PostgreSQL late (delayed uploads, a
+lagging ingestion) are there before the extraction. A run without `end_date` (scheduled or
+manual) builds the latest Monday whose allowance has passed at the run's time (`run_after`).
+
+Trade-off: a longer allowance catches more late events but delays the dataset, and with it
+training and promotion, by as much. An event that arrives later than the allowance misses that
+week's version (it is not in the model trained on it); a rebuild of the version (trigger with
+its `end_date`) picks it up. Training does not retrain on a rebuilt version older than the
+newest one by itself (an older dataset never displaces a newer challenger): trigger
+`planner_training` with that `dataset_version` when you want it.
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
 from include.core import names
 from include.core.assets import DATASET_ASSET
@@ -34,7 +46,7 @@ DEFAULTS = settings()
 
 @dag(
     dag_id=names.DAG_DATASET,
-    schedule=DEFAULTS.dataset_schedule,
+    schedule=CronTriggerTimetable(DEFAULTS.dataset_schedule, timezone="UTC") if DEFAULTS.dataset_schedule else None,
     start_date=datetime(2026, 1, 5),
     catchup=False,
     max_active_runs=1,
@@ -45,8 +57,8 @@ DEFAULTS = settings()
     params={
         "end_date": Param(None, type=["null", "string"], format="date",
                           title="End date (exclusive)",
-                          description="Version and exclusive end of the window, YYYY-MM-DD (UTC). "
-                                      "Empty: the run's data interval end (the Monday of a scheduled run)."),
+                          description="Version and exclusive end of the window, YYYY-MM-DD (UTC). Empty: the latest "
+                                      "Monday whose lateness allowance has passed (a scheduled run's Monday)."),
         "lookback_days": Param(DEFAULTS.lookback_days, type="integer", minimum=1, maximum=366,
                                title="Lookback (days)", description="Window length in days, ending at end_date."),
         "max_bad_share": Param(DEFAULTS.max_bad_share, type="number", minimum=0, maximum=1,
@@ -57,13 +69,13 @@ DEFAULTS = settings()
 def planner_dataset():
     @task(retries=0)
     def resolve_window() -> dict:
-        from include.dataset.pipeline import window_from_params
+        """run_after, not the wall clock: a cleared or retried run rebuilds the same version."""
+        from include.dataset import window
 
         context = get_current_context()
         params = context["params"]
-        run = context["dag_run"]
-        run_end = context.get("data_interval_end") or run.run_after
-        return window_from_params(params["end_date"], params["lookback_days"], run_end).as_dict()
+        return window.resolve_window(params["end_date"], int(params["lookback_days"]), context["dag_run"].run_after,
+                                     settings().dataset_lateness_hours).as_dict()
 
     @task(execution_timeout=timedelta(hours=1))
     def build_validate_publish(window: dict) -> dict:
@@ -83,7 +95,7 @@ def planner_dataset():
                 max_bad_share=float(params["max_bad_share"]), parts=settings().extract_parallelism)
         except DatasetValidationError as failure:
             raise AirflowFailException(str(failure)) from failure  # same data, same verdict: no retry
-        return {k: published[k] for k in ("version", "uri", "rows", "counts")}
+        return {k: published[k] for k in ("version", "uri", "rows", "counts", "revision", "digest")}
 
     @task(outlets=[DATASET_ASSET])
     def log_dataset(published: dict) -> str:
@@ -92,7 +104,7 @@ def planner_dataset():
         run_id = log_dataset_version(published["uri"], published["counts"])
         get_current_context()["outlet_events"][DATASET_ASSET].extra = {
             "dataset_version": published["version"], "dataset_uri": published["uri"], "rows": published["rows"],
-            "mlflow_run_id": run_id,
+            "mlflow_run_id": run_id, "dataset_revision": published["revision"], "dataset_digest": published["digest"],
         }
         return run_id
 

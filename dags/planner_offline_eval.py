@@ -7,7 +7,7 @@ the very first model) are scored on **identical** replay rows that neither model
 
 | task | what it does |
 |---|---|
-| `plan_evaluation` | resolves the versions and the replay window (default: the held-out days of the candidate's training dataset, `[end_date - holdout_days, end_date)`) |
+| `plan_evaluation` | resolves the versions (of several queued registration events, the newest version; the others are logged and kept in XCom `skipped_events`) and the replay window (default: the held-out days of the candidate's training dataset, `[end_date - holdout_days, end_date)`) |
 | `build_replay_set` | builds the window's rows with the dataset phase's own code, then fails the run if the window reaches into either model's training rows or any replayed `plan_id` was trained on (leakage) |
 | `evaluate` | loads both versions through their `models:/` URIs, scores them batched next to a keep-rate-by-recipe floor (and the generator's oracle, where its truth table exists); logs metrics, a JSON and Markdown report and PNG plots (ROC, reliability, per-slice) to experiment `planner_offline_eval` |
 | `tag_version` | tags the candidate version with its headline metrics and `evaluation_run_id`; emits the `planner.offline_eval` Asset that schedules promotion |
@@ -64,6 +64,7 @@ def _fail(error: Exception):
 def planner_offline_eval():
     @task(retries=0)
     def plan_evaluation() -> dict:
+        from include.core.triggering import choose_event, event_extras, report_skipped
         from include.evaluation.pipeline import plan
         from include.evaluation.replay import EvaluationError
 
@@ -71,9 +72,10 @@ def planner_offline_eval():
         params = context["params"]
         version = params["model_version"]
         if not version:
-            events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
-            emitted = [e.extra["model_version"] for e in events if (e.extra or {}).get("model_version")]
-            version = emitted[-1] if emitted else None
+            chosen, skipped = choose_event(event_extras(context.get("triggering_asset_events")), "model_version",
+                                           label="model version")
+            report_skipped(context["ti"], skipped)
+            version = chosen["model_version"] if chosen else None
         try:
             evaluation_plan = plan(version, params["baseline"], params["replay_start"], params["replay_end"])
         except EvaluationError as exc:

@@ -5,7 +5,7 @@ Runs when offline evaluation emits `planner.offline_eval`, and from the trigger 
 
 | task | what it does |
 |---|---|
-| `decide` | `promote`: reads the version's evaluation report from MLflow and applies the gate (`include/promotion/policy.json`, overridable by `DEPLOY_*` environment variables): absolute thresholds, beating the keep-rate floor, no regression against the champion overall or in any large slice, enough replayed rows. `rollback`: picks the champion the current one replaced (or the given former champion). |
+| `decide` | `promote`: takes the newest version of the queued evaluation events (the others are logged and kept in XCom `skipped_events`), reads the version's evaluation report from MLflow and applies the gate (`include/promotion/policy.json`, overridable by `DEPLOY_*` environment variables): absolute thresholds, beating the keep-rate floor, no regression against the champion overall or in any large slice, enough replayed rows. `rollback`: picks the champion the current one replaced (or the given former champion). |
 | `route` | passed -> `await_approval` (when `require_approval`) or `apply`; anything else skips to `record_outcome` |
 | `await_approval` | Airflow's human-in-the-loop approval (Required actions in the UI), with the gate's report in its body |
 | `apply` | moves alias `champion` **compare-and-set** under a PostgreSQL lock (if the champion moved since the decision, nothing moves and the refusal is recorded), records the decision as pending, moves the alias, then completes the record with the deployment and history in one transaction (`ml` schema), tags the version and writes the deployment to Redis when `REDIS_URL` is set; a retry after a crash at any step finishes the same decision |
@@ -67,16 +67,19 @@ def planner_promotion():
     def decide() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from include.core.triggering import choose_event, event_extras, report_skipped
         from include.promotion.gate import PolicyError
         from include.promotion.pipeline import PromotionError, decide_promotion, decide_rollback
 
         context = get_current_context()
         params = context["params"]
         version, evaluation_run_id = params["model_version"], None
-        events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
-        if not version and events and params["action"] == "promote":
-            extra = events[-1].extra or {}
-            version, evaluation_run_id = extra.get("model_version"), extra.get("evaluation_run_id")
+        if not version and params["action"] == "promote":
+            chosen, skipped = choose_event(event_extras(context.get("triggering_asset_events")), "model_version",
+                                           label="model version")
+            report_skipped(context["ti"], skipped)
+            if chosen:
+                version, evaluation_run_id = chosen["model_version"], chosen.get("evaluation_run_id")
         try:
             if params["action"] == "rollback":
                 plan = decide_rollback(_events_dsn(), version, params["require_approval"], params["dry_run"])

@@ -11,6 +11,18 @@ on every backend:
 | `databricks` | `DatabricksSubmitRunOperator`: a `python_wheel_task` on a GPU job cluster; its idempotency token is the training run id and the try number, so a retry after a failed run submits a new one |
 | `local` | the console script as a subprocess (the embedded default and CI) |
 
+A remote backend (`kubernetes`, `databricks`) is refused in `resolve_inputs`, with every
+reason and before anything is submitted, while the storage root or the MLflow tracking URI is
+local (a path, `file:`, `sqlite:`, a loopback host): the job runs where this machine's disk
+does not exist.
+
+When several dataset events are queued for one run, it trains on the newest version and
+records each other event with its reason (task log and XCom `skipped_events` of
+`resolve_inputs`). A version chosen from events that is older than the newest complete dataset
+(a rebuild of an old week) is not trained on: `resolve_inputs` skips with the reason and so
+does the rest of the run, so it never displaces a newer challenger. Give `dataset_version` to
+train on any version.
+
 The training run id is `planner_acceptance-vYYYYMMDD_HHMMSS` from this DAG run, so a retry
 reuses it, and a run whose artifacts are already complete finishes without training again.
 Training uses the dataset's rows accepted before `end_date - holdout_days`; the later days
@@ -48,8 +60,8 @@ TRAINING_RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='resolve_inputs', key='trai
     params={
         "backend": Param(DEPLOY.backend, type="string", enum=list(BACKENDS), title="Backend"),
         "dataset_version": Param(None, type=["null", "string"], format="date", title="Dataset version",
-                                 description="Empty: the triggering dataset event's version, else the newest "
-                                             "complete one."),
+                                 description="Empty: the newest triggering dataset event's version (none older "
+                                             "than the newest complete one), else the newest complete one."),
         "epochs": Param(3, type="integer", minimum=1, maximum=100),
         "learning_rate": Param(1e-3, type="number", exclusiveMinimum=0, maximum=1),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
@@ -66,19 +78,42 @@ TRAINING_RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='resolve_inputs', key='trai
 def planner_training():
     @task(retries=0)
     def resolve_inputs() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+        """Refuses a remote backend with local settings before anything is submitted; trains on the
+        newest triggering dataset (the others are recorded as skipped), never on one older than the
+        newest complete dataset unless the Param names it."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from include.core import storage
-        from include.training.backends import pick_dataset_version, trainer_argv, trainer_options, training_run_id
+        from include.core.triggering import choose_event, event_extras, report_skipped
+        from include.training.backends import (
+            pick_dataset_version,
+            remote_backend_problems,
+            stale_dataset_reason,
+            trainer_argv,
+            trainer_options,
+            training_run_id,
+        )
 
         context = get_current_context()
         params = context["params"]
-        events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
-        triggered = [e.extra["dataset_version"] for e in events if (e.extra or {}).get("dataset_version")]
+        config = settings()
+        problems = remote_backend_problems(params["backend"], config.storage_root, config.mlflow_tracking_uri)
+        if problems:
+            raise AirflowFailException(f"backend {params['backend']} refused, nothing submitted: "
+                                       + "; ".join(problems))
+        chosen, skipped = choose_event(event_extras(context.get("triggering_asset_events")), "dataset_version",
+                                       label="dataset")
         try:
-            version = pick_dataset_version(params["dataset_version"], triggered)
+            version = pick_dataset_version(params["dataset_version"], [chosen["dataset_version"]] if chosen else [])
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
+        stale = None
+        if chosen and not params["dataset_version"]:
+            stale = stale_dataset_reason(version, storage.newest_complete_child(storage.datasets_root()))
+        if stale:
+            report_skipped(context["ti"], [*skipped, stale])
+            raise AirflowSkipException(stale)  # a rebuilt old version is no failure; downstream skips with it
+        report_skipped(context["ti"], skipped)
         dataset_uri = storage.dataset_uri(version)
         if not storage.is_complete(dataset_uri):
             raise AirflowFailException(f"dataset {dataset_uri} is not complete (no {names.SUCCESS_MARKER})")

@@ -40,12 +40,23 @@ class Settings:
     max_bad_share: float
     extract_parallelism: int
     extract_work_mem: str      # PostgreSQL work_mem of the extraction's sessions (its sorts and CTEs stay in memory)
-    dataset_schedule: str | None  # cron of planner_dataset; None: only triggered (from the UI, REST or make lifecycle)
+    dataset_schedule: str | None  # cron of planner_dataset (default: Monday 00:00 UTC + the lateness allowance);
+    #                               None: only triggered (from the UI, REST or make lifecycle)
+    dataset_lateness_hours: int  # planner_dataset waits this long after a window's Monday 00:00 UTC end (0..72)
+
+
+def _lateness_hours() -> int:
+    hours = int(_env("PLANNER_DATASET_LATENESS_HOURS", "6"))
+    if not 0 <= hours <= 72:
+        raise ValueError(f"PLANNER_DATASET_LATENESS_HOURS must be 0..72, got {hours}")
+    return hours
 
 
 def settings() -> Settings:
     """Current settings: env var if set, else the embedded local default."""
     var = PROJECT_ROOT / "var"
+    lateness = _lateness_hours()
+    weekly = f"0 {lateness % 24} * * {1 + lateness // 24}"  # Monday 00:00 UTC + the allowance (72 h: Thursday)
     return Settings(
         storage_root=_env("PLANNER_STORAGE_ROOT", str(var / "storage")),
         mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{var / 'mlflow' / 'mlflow.db'}"),
@@ -56,8 +67,9 @@ def settings() -> Settings:
         max_bad_share=float(_env("PLANNER_MAX_BAD_SHARE", "0.05")),
         extract_parallelism=max(1, int(_env("PLANNER_EXTRACT_PARALLELISM", "2"))),
         extract_work_mem=_env("PLANNER_EXTRACT_WORK_MEM", "256MB"),
-        dataset_schedule=None if _env("PLANNER_DATASET_SCHEDULE", "0 0 * * 1").lower() in ("none", "off", "manual")
-        else _env("PLANNER_DATASET_SCHEDULE", "0 0 * * 1"),
+        dataset_schedule=None if _env("PLANNER_DATASET_SCHEDULE", weekly).lower() in ("none", "off", "manual")
+        else _env("PLANNER_DATASET_SCHEDULE", weekly),
+        dataset_lateness_hours=lateness,
     )
 
 

@@ -1,4 +1,4 @@
-"""The dataset window and version: pure functions of the Params and the run's data interval."""
+"""The dataset window and version: pure functions of the Params, the run's time and the lateness allowance."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,18 +25,28 @@ class Window:
                 "lookback_days": self.lookback_days, "end_exclusive": True}
 
 
-def resolve_window(end_date: str | date | None, lookback_days: int, run_end: datetime | None = None) -> Window:
+def latest_window_end(run_time: datetime, lateness_hours: float = 0) -> date:
+    """The latest Monday (00:00 UTC) whose lateness allowance has passed at `run_time`.
+
+    Windows always end on a Monday; waiting `lateness_hours` after it lets late events land
+    before the version is cut. At exactly Monday 00:00 + allowance that Monday is ready.
+    """
+    ready = (run_time.astimezone(UTC) - timedelta(hours=lateness_hours)).date()
+    return ready - timedelta(days=ready.weekday())
+
+
+def resolve_window(end_date: str | date | None, lookback_days: int, run_time: datetime | None = None,
+                   lateness_hours: float = 0) -> Window:
     """[end - lookback_days, end) in UTC, whole days; version = the end date.
 
-    `end_date` wins; else the run's data interval end (a scheduled Monday run ends at Monday
-    00:00 UTC); else today. A time of day is floored to midnight so that a version always
-    covers whole days.
+    `end_date` wins (any day, used as given); else the latest Monday whose allowance has passed
+    at `run_time` (the run's time; default now), so a scheduled run at Monday 00:00 +
+    allowance builds that Monday's version.
     """
     if lookback_days < 1:
         raise ValueError(f"lookback_days must be >= 1, got {lookback_days}")
     if end_date in (None, ""):
-        when = run_end or datetime.now(UTC)
-        day = when.astimezone(UTC).date()
+        day = latest_window_end(run_time or datetime.now(UTC), lateness_hours)
     elif isinstance(end_date, date):
         day = end_date
     else:

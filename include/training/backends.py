@@ -11,7 +11,7 @@ BACKENDS = ("kubernetes", "databricks", "local")
 
 
 def training_run_id(when: datetime) -> str:
-    """Seed 002's format from the DAG run's time: a retry of the same run gets the same id."""
+    """`planner_acceptance-vYYYYMMDD_HHMMSS` from the DAG run's time: a retry of the same run gets the same id."""
     return when.astimezone(UTC).strftime(names.TRAINING_RUN_ID_FORMAT)
 
 
@@ -52,6 +52,54 @@ def pick_dataset_version(param_version: str | None, triggering_versions: list[st
     if newest is None:
         raise ValueError(f"no complete dataset version under {storage.datasets_root(root)}: run planner_dataset first")
     return newest
+
+
+LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def _local_reason(uri: str) -> str | None:
+    """Why `uri` only exists on this machine (a path, file:, sqlite:, memory:, a loopback host), else None."""
+    from urllib.parse import urlsplit
+
+    if uri == "databricks" or uri.startswith(("databricks://", "databricks-uc")):
+        return None  # MLflow's name for the workspace's own tracking server
+    parts = urlsplit(uri)
+    if not parts.scheme:
+        return "is a local path"
+    if parts.scheme in ("file", "sqlite", "memory"):
+        return f"is a {parts.scheme}: URI on this machine"
+    host = parts.hostname or ""
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return "names a loopback host (the job's own container, not this machine)"
+    return None
+
+
+def remote_backend_problems(backend: str, storage_root: str, tracking_uri: str) -> list[str]:
+    """Every reason a remote backend cannot work with these settings; empty when it can.
+
+    A pod or a Databricks job runs where this machine's disk and loopback do not exist: a local
+    storage root fails it at once for want of the dataset, a local tracking URI lets it train
+    for hours and log its run into a file that dies with it. The local backend is never refused.
+    """
+    if backend == "local":
+        return []
+    problems = []
+    if reason := _local_reason(storage_root):
+        problems.append(f"the storage root {storage_root!r} (PLANNER_STORAGE_ROOT) {reason}: the {backend} job "
+                        "cannot read the dataset or write the model there; use object storage (s3://...)")
+    if reason := _local_reason(tracking_uri):
+        problems.append(f"the MLflow tracking URI {tracking_uri!r} (MLFLOW_TRACKING_URI) {reason}: the {backend} "
+                        "job cannot log its run where registration looks for it; use a tracking server (https://...)")
+    return problems
+
+
+def stale_dataset_reason(chosen: str, newest_complete: str | None) -> str | None:
+    """Why a version chosen from Asset events must not be trained on: a newer complete one exists,
+    and a model trained on the older data would become the challenger over the newer one's."""
+    if newest_complete and chosen < newest_complete:
+        return (f"dataset {chosen} is older than the newest complete dataset {newest_complete}: not training on "
+                "it, so it cannot displace a newer challenger (trigger with dataset_version to train on it anyway)")
+    return None
 
 
 def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:

@@ -67,7 +67,7 @@ def test_dataset_dag_shape(dagbag):
     from include.core.assets import DATASET_ASSET
 
     dag = dagbag.dags[names.DAG_DATASET]
-    assert dag.timetable.expression == "0 0 * * 1"  # Mondays 00:00
+    assert dag.timetable.expression == "0 6 * * 1"  # Mondays 00:00 + the default 6 h lateness allowance
     assert str(dag.timetable.timezone) in ("UTC", "Timezone('UTC')")
     assert set(dag.task_ids) == {"resolve_window", "build_validate_publish", "log_dataset"}
     assert dag.get_task("build_validate_publish").retries >= 1
@@ -116,14 +116,15 @@ def test_evaluation_and_promotion_dag_shapes(dagbag):
 
 
 def test_the_weekly_schedule_and_the_asset_chain(dagbag):
-    """The dataset's next run is a Monday 00:00 UTC within a week; every later phase runs on the
-    previous phase's Asset."""
+    """The dataset's next run is a Monday 00:00 UTC + the allowance within a week; every later phase
+    runs on the previous phase's Asset."""
     from datetime import UTC, datetime, timedelta
 
     from airflow.timetables.base import TimeRestriction
     from airflow.timetables.trigger import CronTriggerTimetable
 
     from include.core import names
+    from include.core.config import settings
 
     dataset = dagbag.dags[names.DAG_DATASET]
     scheduler_side = CronTriggerTimetable(dataset.timetable.expression, timezone="UTC")  # what the scheduler computes
@@ -131,9 +132,51 @@ def test_the_weekly_schedule_and_the_asset_chain(dagbag):
         last_automated_data_interval=None,
         restriction=TimeRestriction(earliest=dataset.start_date, latest=None, catchup=False))
     run_after = info.run_after.astimezone(UTC)
-    assert (run_after.weekday(), run_after.hour, run_after.minute) == (0, 0, 0)
+    window_end = run_after - timedelta(hours=settings().dataset_lateness_hours)
+    assert (window_end.weekday(), window_end.hour, window_end.minute) == (0, 0, 0)
     assert abs(run_after - datetime.now(UTC)) <= timedelta(days=7)
     chain = {names.DAG_TRAINING: names.ASSET_DATASET, names.DAG_REGISTRATION: names.ASSET_MODEL_ARTIFACTS,
              names.DAG_OFFLINE_EVAL: names.ASSET_REGISTERED_MODEL, names.DAG_PROMOTION: names.ASSET_OFFLINE_EVAL}
     for dag_id, asset_name in chain.items():
         assert asset_name in str(dagbag.dags[dag_id].timetable.asset_condition), dag_id
+
+
+@pytest.mark.parametrize(("after", "run_after", "version"), [
+    ("2026-11-18T12:00:00+00:00", "2026-11-23T06:00:00+00:00", "2026-11-23"),  # midweek: next Monday 06:00
+    ("2026-11-23T03:00:00+00:00", "2026-11-23T06:00:00+00:00", "2026-11-23"),  # inside the allowance: today
+    ("2026-11-23T06:00:01+00:00", "2026-11-30T06:00:00+00:00", "2026-11-30"),
+])
+def test_the_scheduled_run_waits_the_allowance_and_builds_the_monday(dagbag, after, run_after, version):
+    """What the scheduler computes from the DAG's (serialized) timetable, then the version that run builds."""
+    from datetime import datetime
+
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    from include.core import names
+    from include.dataset.window import resolve_window
+
+    timetable = coerce_to_core_timetable(dagbag.dags[names.DAG_DATASET].timetable)
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=datetime.fromisoformat(after), latest=None, catchup=True))
+    assert info.run_after.isoformat() == run_after
+    assert resolve_window(None, 28, info.run_after, 6).version == version
+
+
+@pytest.mark.parametrize(("run_after", "version"), [
+    ("2026-11-23T05:59:00+00:00", "2026-11-16"),  # a manual run before this Monday's allowance has passed
+    ("2026-11-23T06:00:00+00:00", "2026-11-23"),
+])
+def test_the_dataset_dags_resolve_window_task_uses_the_run_time_and_the_allowance(airflow_db, dagbag, run_after,
+                                                                                   version):
+    """The real task in a real run (the build and the MLflow log are marked done, not run)."""
+    from datetime import datetime
+
+    from include.core import names
+
+    run = dagbag.dags[names.DAG_DATASET].test(run_after=datetime.fromisoformat(run_after),
+                                              mark_success_pattern="build_validate_publish|log_dataset")
+    window = next(ti for ti in run.get_task_instances() if ti.task_id == "resolve_window").xcom_pull(
+        task_ids="resolve_window")
+    assert window["version"] == version and window["end"] == f"{version}T00:00:00+00:00"

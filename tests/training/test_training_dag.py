@@ -172,3 +172,71 @@ def test_dataset_dag_then_training_dag_on_the_version_it_built(training_dag, tra
     assert inputs["dataset_uri"] == storage.dataset_uri("2026-11-23") and str(tmp_path) in inputs["dataset_uri"]
     manifest = json.loads(storage.read_text(inputs["model_uri"], names.MODEL_MANIFEST_FILE))
     assert manifest["dataset_uri"] == inputs["dataset_uri"] and manifest["dataset_version"] == "2026-11-23"
+
+
+def _complete_datasets(*versions: str) -> None:
+    for version in versions:
+        path = Path(storage.dataset_uri(version))
+        path.mkdir(parents=True)
+        (path / names.SUCCESS_MARKER).write_text("")
+
+
+@pytest.fixture()
+def queued_dataset_events(monkeypatch):
+    """Makes training_dag.test() create its run with these planner.dataset events queued for it, the way
+    the scheduler hands an Asset-triggered run its events (the run's consumed_asset_events), in order."""
+    from datetime import UTC, datetime, timedelta
+
+    import airflow.models.dagrun as dagrun_module
+    from airflow.models.asset import AssetEvent, AssetModel
+    from sqlalchemy import select
+
+    real = dagrun_module.get_or_create_dagrun
+
+    def queue(*extras: dict) -> None:
+        def with_events(*, session, **kwargs):
+            run = real(session=session, **kwargs)
+            asset = session.scalar(select(AssetModel).where(AssetModel.name == names.ASSET_DATASET))
+            queued_at = datetime.now(UTC)
+            events = [AssetEvent(asset_id=asset.id, extra=extra, timestamp=queued_at + timedelta(seconds=i))
+                      for i, extra in enumerate(extras)]
+            session.add_all(events)
+            run.consumed_asset_events.extend(events)
+            session.commit()
+            return run
+
+        monkeypatch.setattr(dagrun_module, "get_or_create_dagrun", with_events)
+
+    return queue
+
+
+def _resolve_inputs(run):
+    ti = next(ti for ti in run.get_task_instances() if ti.task_id == "resolve_inputs")
+    return ti, ti.xcom_pull(task_ids="resolve_inputs"), ti.xcom_pull(task_ids="resolve_inputs", key="skipped_events")
+
+
+def test_two_queued_dataset_events_train_on_the_newest_and_record_the_other(
+        training_dag, storage_root, queued_dataset_events):
+    """The older version queued last (the old `triggered[-1]` picked it): the newer one is trained on."""
+    _complete_datasets("2026-11-16", "2026-11-23")
+    queued_dataset_events({"dataset_version": "2026-11-23", "rows": 2}, {"dataset_version": "2026-11-16", "rows": 1})
+    run = training_dag.test(run_conf={"backend": "local"}, mark_success_pattern="train_local|publish_model_artifacts")
+    assert run.state == "success"
+    ti, inputs, skipped = _resolve_inputs(run)
+    assert ti.state == "success"
+    assert inputs["dataset_version"] == "2026-11-23" and inputs["dataset_uri"] == storage.dataset_uri("2026-11-23")
+    assert skipped == ["dataset 2026-11-16 superseded by 2026-11-23 (queued in the same run)"]
+
+
+def test_an_event_older_than_the_newest_complete_dataset_trains_nothing(
+        training_dag, storage_root, queued_dataset_events):
+    """A rebuilt old week must not become a challenger over the newer week's model: the run skips, saying why."""
+    _complete_datasets("2026-11-16", "2026-11-23")
+    queued_dataset_events({"dataset_version": "2026-11-16"})
+    run = training_dag.test(run_conf={"backend": "local"})
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert set(states.values()) == {"skipped"}, states
+    _, _, skipped = _resolve_inputs(run)
+    assert skipped == ["dataset 2026-11-16 is older than the newest complete dataset 2026-11-23: not training on it, "
+                       "so it cannot displace a newer challenger (trigger with dataset_version to train on it anyway)"]
