@@ -63,17 +63,21 @@ def planner_registration():
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.core import storage
+        from include.core.triggering import choose_event, event_extras, report_skipped
         from include.registration.artifacts import ModelPathError, resolve_model_uri
 
         context = get_current_context()
         given = context["params"]["model_path"]
         if not given:
-            events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
-            paths = [e.extra["model_path"] for e in events if (e.extra or {}).get("model_path")]
-            if not paths:
+            # Several models queued for one run (a backfill): the newest training run is registered here,
+            # the others are recorded in XCom skipped_events (register them by triggering with model_path).
+            extras = [e for e in event_extras(context.get("triggering_asset_events")) if e.get("model_path")]
+            chosen, skipped = choose_event(extras, "training_run_id", label="training run")
+            report_skipped(context["ti"], skipped)
+            if chosen is None:
                 raise AirflowFailException("no model_path: give one in the trigger form, or let training's "
                                            f"{names.ASSET_MODEL_ARTIFACTS} Asset event start this DAG")
-            given = paths[-1]
+            given = chosen["model_path"]
         try:
             return resolve_model_uri(given, storage.models_root(), must_exist=False)
         except ModelPathError as exc:

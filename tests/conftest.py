@@ -242,3 +242,32 @@ def s3_root(s3_server, monkeypatch) -> str:
     root = f"{bucket}/planner"
     monkeypatch.setenv("PLANNER_STORAGE_ROOT", root)
     return root
+
+
+@pytest.fixture()
+def queue_asset_events(monkeypatch):
+    """Makes a DAG's .test() create its run with events of an Asset queued for it, the way the scheduler
+    hands an Asset-triggered run its events (the run's consumed_asset_events), in order."""
+    from datetime import UTC, datetime, timedelta
+
+    import airflow.models.dagrun as dagrun_module
+    from airflow.models.asset import AssetEvent, AssetModel
+    from sqlalchemy import select
+
+    real = dagrun_module.get_or_create_dagrun
+
+    def queue(asset_name: str, *extras: dict) -> None:
+        def with_events(*, session, **kwargs):
+            run = real(session=session, **kwargs)
+            asset = session.scalar(select(AssetModel).where(AssetModel.name == asset_name))
+            queued_at = datetime.now(UTC)
+            events = [AssetEvent(asset_id=asset.id, extra=extra, timestamp=queued_at + timedelta(seconds=i))
+                      for i, extra in enumerate(extras)]
+            session.add_all(events)
+            run.consumed_asset_events.extend(events)
+            session.commit()
+            return run
+
+        monkeypatch.setattr(dagrun_module, "get_or_create_dagrun", with_events)
+
+    return queue

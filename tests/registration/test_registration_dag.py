@@ -206,3 +206,23 @@ def test_a_model_whose_dataset_revision_changed_since_training_is_refused(
     output = run_output(capfd)
     assert "not the" in output and "it was trained on" in output
     assert _registered_versions() == []
+
+
+@pytest.mark.e2e
+def test_two_queued_model_events_register_the_newest_and_record_the_other(
+        registration_dag, fresh_mlflow, model_in_storage, queue_asset_events, capfd):
+    from tests.conftest import copy_as_new_training_run
+
+    older = copy_as_new_training_run(model_in_storage, model_in_storage.parent / "planner_acceptance-v20261116_010203")
+    queue_asset_events(names.ASSET_MODEL_ARTIFACTS,
+                       {"model_path": str(model_in_storage), "training_run_id": model_in_storage.name},
+                       {"model_path": str(older), "training_run_id": older.name})  # the older one queued last
+
+    run = registration_dag.test()
+
+    assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
+    [version] = _registered_versions()
+    assert version.tags["training_run_id"] == model_in_storage.name
+    ti = next(ti for ti in run.get_task_instances() if ti.task_id == "resolve_model_path")
+    assert ti.xcom_pull(task_ids="resolve_model_path", key="skipped_events") == [
+        f"training run {older.name} superseded by {model_in_storage.name} (queued in the same run)"]

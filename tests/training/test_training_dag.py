@@ -182,32 +182,8 @@ def _complete_datasets(*versions: str) -> None:
 
 
 @pytest.fixture()
-def queued_dataset_events(monkeypatch):
-    """Makes training_dag.test() create its run with these planner.dataset events queued for it, the way
-    the scheduler hands an Asset-triggered run its events (the run's consumed_asset_events), in order."""
-    from datetime import UTC, datetime, timedelta
-
-    import airflow.models.dagrun as dagrun_module
-    from airflow.models.asset import AssetEvent, AssetModel
-    from sqlalchemy import select
-
-    real = dagrun_module.get_or_create_dagrun
-
-    def queue(*extras: dict) -> None:
-        def with_events(*, session, **kwargs):
-            run = real(session=session, **kwargs)
-            asset = session.scalar(select(AssetModel).where(AssetModel.name == names.ASSET_DATASET))
-            queued_at = datetime.now(UTC)
-            events = [AssetEvent(asset_id=asset.id, extra=extra, timestamp=queued_at + timedelta(seconds=i))
-                      for i, extra in enumerate(extras)]
-            session.add_all(events)
-            run.consumed_asset_events.extend(events)
-            session.commit()
-            return run
-
-        monkeypatch.setattr(dagrun_module, "get_or_create_dagrun", with_events)
-
-    return queue
+def queued_dataset_events(queue_asset_events):
+    return lambda *extras: queue_asset_events(names.ASSET_DATASET, *extras)
 
 
 def _resolve_inputs(run):
