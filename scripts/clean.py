@@ -16,7 +16,9 @@ from include.core.config import PROJECT_ROOT, settings
 from include.core.local_postgres import (
     database_exists,
     drop_database,
+    drop_project_schemas,
     embedded_pgdata,
+    is_adopted,
     is_ours,
     server_answers,
     stop_embedded,
@@ -38,6 +40,9 @@ def drop_events_database(dsn: str) -> str | None:
         return f"left alone: the events database at {urlsplit(dsn).hostname} is not on this machine"
     if not (server_answers(dsn) and database_exists(dsn)):
         return None
+    if is_adopted(dsn):
+        drop_project_schemas(dsn)
+        return f"dropped the schemas exp, app, sim and ml of the adopted events database {name} (the database stays)"
     if not is_ours(dsn):
         return f"left alone: the events database {name} was not created by this project (no marker comment)"
     drop_database(dsn)

@@ -77,16 +77,20 @@ def ensure_database(dsn: str) -> str:
 # The database comment that says a database is the demo's own: `make lifecycle` replaces its
 # generated data, `make clean` drops it. Any other database is somebody's data.
 DEMO_MARKER = "planner-lifecycle demo events: created by this project; make lifecycle replaces its data"
+# A database the user gave to the demo (--adopt-database): its source tables are replaced, but
+# `make clean` drops only the project's schemas in it, never the database.
+ADOPTED_MARKER = "planner-lifecycle demo events: adopted; make lifecycle replaces its exp, app, sim and ml schemas"
+PROJECT_SCHEMAS = ("exp", "app", "sim", "ml")
 
 
 class NotOurDatabase(RuntimeError):
     """The events database holds tables and was not created by this project: refusing to change it."""
 
 
-def _mark(conn, dbname: str) -> None:
+def _mark(conn, dbname: str, marker: str = DEMO_MARKER) -> None:
     from psycopg import sql
 
-    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(DEMO_MARKER)))
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(marker)))
 
 
 def database_comment(dsn: str) -> str | None:
@@ -116,18 +120,29 @@ def is_embedded(dsn: str) -> bool:
 
 
 def is_ours(dsn: str) -> bool:
+    """Created by this project (or on the embedded server): the whole database is the demo's."""
     return is_embedded(dsn) or database_comment(dsn) == DEMO_MARKER
 
 
+def is_adopted(dsn: str) -> bool:
+    """Given to the demo by the user: only its project schemas are the demo's."""
+    return database_comment(dsn) == ADOPTED_MARKER
+
+
 def user_tables(dsn: str, limit: int = 5) -> list[str]:
-    """Some of the database's own tables (outside the system schemas); empty: nothing to lose."""
+    """Some of the database's own objects (tables, views, sequences, functions outside the system
+    schemas); empty: nothing to lose."""
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind IN ('r', 'p', 'm', 'v', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-            " AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY 1 LIMIT %s", (limit,)).fetchall()
+            "SELECT name FROM ("
+            " SELECT n.nspname || '.' || c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "  WHERE c.relkind IN ('r', 'p', 'm', 'v', 'f', 'S') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            "  AND n.nspname NOT LIKE 'pg\\_%%'"
+            " UNION ALL SELECT n.nspname || '.' || p.proname || '()' FROM pg_proc p JOIN pg_namespace n"
+            "  ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            "  AND n.nspname NOT LIKE 'pg\\_%%') objects ORDER BY 1 LIMIT %s", (limit,)).fetchall()
     return [r[0] for r in rows]
 
 
@@ -136,7 +151,7 @@ def claim_demo_database(dsn: str, adopt: bool = False) -> str:
     embedded one, or an empty one (marked now). Any other is refused before anything changes,
     unless `adopt` says the user owns it and gives it to the demo. Returns a usable DSN."""
     dsn = ensure_database(dsn)
-    if is_ours(dsn):
+    if is_ours(dsn) or is_adopted(dsn):
         return dsn
     dbname = urlsplit(dsn).path.lstrip("/") or "postgres"
     tables = user_tables(dsn)
@@ -152,8 +167,18 @@ def claim_demo_database(dsn: str, adopt: bool = False) -> str:
     import psycopg
 
     with psycopg.connect(_with_db(dsn, "postgres"), autocommit=True) as conn:
-        _mark(conn, dbname)
+        _mark(conn, dbname, ADOPTED_MARKER if tables else DEMO_MARKER)
     return dsn
+
+
+def drop_project_schemas(dsn: str) -> None:
+    """What `make clean` removes from an adopted database: the demo's schemas, nothing else."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for schema in PROJECT_SCHEMAS:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def drop_database(dsn: str) -> None:

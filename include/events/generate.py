@@ -532,7 +532,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dirty-share", type=float, default=0.02, help="share of plans with one dirty kind")
     parser.add_argument("--reset", action="store_true", help="replace existing data in the source tables")
     parser.add_argument("--adopt-database", action="store_true",
-                        help="with --reset: allow a database this project did not create (its data is replaced)")
+                        help="allow a database this project did not create (its source tables are replaced)")
     parser.add_argument("--workers", type=int, default=None, help="generator processes (default: one per core)")
     args = parser.parse_args(argv)
     if args.households < 1 or args.weeks < 1:
@@ -545,15 +545,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.reset:
-        from include.core.local_postgres import NotOurDatabase, claim_demo_database
+    from include.core.local_postgres import NotOurDatabase, claim_demo_database
 
-        try:
-            args.dsn = claim_demo_database(args.dsn, adopt=args.adopt_database)
-        except NotOurDatabase as refusal:
-            print(f"refused: {refusal}".replace("make lifecycle ARGS=--adopt-database", "--adopt-database"),
-                  file=sys.stderr)
-            return 2
+    try:  # with or without --reset the load truncates every source table: only in a database of ours
+        args.dsn = claim_demo_database(args.dsn, adopt=args.adopt_database)
+    except NotOurDatabase as refusal:
+        print(f"refused: {refusal}".replace("make lifecycle ARGS=--adopt-database", "--adopt-database"),
+              file=sys.stderr)
+        return 2
     started = time.perf_counter()
     counts = generate_and_load(args.dsn, args.households, args.weeks, args.seed, args.end, args.dirty_share,
                                reset=args.reset, workers=args.workers)

@@ -71,7 +71,7 @@ def test_the_lifecycle_command_refuses_it_with_exit_2(database_name, monkeypatch
 def test_adopting_marks_it_and_an_empty_database_is_claimed(database_name):
     _foreign_database_with_data(database_name)
     claim_demo_database(database_name, adopt=True)
-    assert local_postgres.is_ours(database_name)
+    assert local_postgres.is_adopted(database_name) and claim_demo_database(database_name) == database_name
 
     empty = database_name + "_empty"
     with psycopg.connect(TEST_SERVER_DSN, autocommit=True) as conn:
@@ -93,3 +93,38 @@ def test_make_clean_drops_only_a_database_of_its_own(database_name):
     ours = claim_demo_database(database_name + "_ours")
     assert "dropped" in drop_events_database(ours)
     assert not local_postgres.database_exists(ours)
+
+
+def test_an_adopted_database_loses_only_the_project_schemas_on_make_clean(database_name):
+    from scripts.clean import drop_events_database
+
+    _foreign_database_with_data(database_name)
+    with psycopg.connect(database_name, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA analytics")
+        conn.execute("CREATE TABLE analytics.reports (id int)")
+    claim_demo_database(database_name, adopt=True)
+    assert local_postgres.is_adopted(database_name) and not local_postgres.is_ours(database_name)
+
+    assert "adopted" in drop_events_database(database_name)
+
+    assert local_postgres.database_exists(database_name)
+    assert local_postgres.user_tables(database_name) == ["analytics.reports"]
+
+
+def test_a_database_holding_only_a_sequence_or_a_function_is_not_empty(database_name):
+    name = database_name.rsplit("/", 1)[1]
+    with psycopg.connect(TEST_SERVER_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    with psycopg.connect(database_name, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.billing() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    with pytest.raises(NotOurDatabase):
+        claim_demo_database(database_name)
+
+
+def test_the_generator_without_reset_refuses_a_database_it_did_not_create(database_name, capsys):
+    from include.events import generate
+
+    _foreign_database_with_data(database_name)
+    assert generate.main(["--dsn", database_name, "--households", "3", "--weeks", "1"]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert _rows(database_name) == [("a real event",)]
