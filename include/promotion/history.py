@@ -102,6 +102,14 @@ def complete_decision(conn, decision_id: int, model_uri: str) -> bool:
     return True
 
 
+def pending_decisions(conn, model_name: str) -> list[dict]:
+    """Decisions an interrupted apply left pending, oldest first."""
+    rows = conn.execute("SELECT decision_id, version, action, previous_champion, plan_key FROM ml.promotion_decisions"
+                        " WHERE model_name = %s AND state = 'pending' ORDER BY decision_id", (model_name,)).fetchall()
+    return [{"decision_id": r[0], "version": r[1], "action": r[2], "previous_champion": r[3], "plan_key": r[4]}
+            for r in rows]
+
+
 def abandon_decision(conn, decision_id: int) -> None:
     """A pending decision whose move will not happen (the champion moved elsewhere meanwhile)."""
     conn.execute("UPDATE ml.promotion_decisions SET state = 'abandoned' WHERE decision_id = %s AND state = 'pending'",

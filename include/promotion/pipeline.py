@@ -89,6 +89,7 @@ def decide_promotion(dsn: str, model_version: str | None, evaluation_run_id: str
                      require_approval: bool, dry_run: bool) -> dict:
     """Gate the version on its evaluation; returns the plan `apply`/`record_outcome` act on."""
     history.ensure_schema(dsn)
+    reconcile_pending(dsn)
     registry = client()
     version = _version(registry, model_version or names.CHALLENGER_ALIAS)
     number = str(version.version)
@@ -125,6 +126,7 @@ def decide_promotion(dsn: str, model_version: str | None, evaluation_run_id: str
 
 def decide_rollback(dsn: str, model_version: str | None, require_approval: bool, dry_run: bool) -> dict:
     history.ensure_schema(dsn)
+    reconcile_pending(dsn)
     registry = client()
     champion = _alias_version(registry, names.CHAMPION_ALIAS)
     with history.connect(dsn) as conn:
@@ -214,6 +216,36 @@ def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
         _tag_and_publish(registry, dsn, plan, decision_id, changed_at)
     return {"outcome": plan["outcome"], "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
             "champion": version}
+
+
+def reconcile_pending(dsn: str) -> list[str]:
+    """Finish what an apply left pending and was never retried (its retries ran out, the run was cleared
+    from `decide`): before anything new is decided, a pending decision whose alias move happened is
+    completed (deployment, history, tags, Redis), one whose move did not happen is abandoned. Returns
+    what it did, for the log."""
+    registry = client()
+    done = []
+    with history.promotion_lock(dsn, MODEL) as conn:
+        for pending in history.pending_decisions(conn, MODEL):
+            current = _alias_version(registry, names.CHAMPION_ALIAS)
+            if current == pending["version"]:
+                with conn.transaction():
+                    history.complete_decision(conn, pending["decision_id"],
+                                              model_uri=f"models:/{MODEL}/{pending['version']}")
+                changed_at = history.plan_decision(conn, MODEL, pending["plan_key"])["changed_at"]
+                plan = {"model_version": pending["version"], "action": pending["action"],
+                        "expected_champion": pending["previous_champion"]}
+                _tag_and_publish(registry, dsn, plan, pending["decision_id"], changed_at)
+                done.append(f"completed decision {pending['decision_id']} (version {pending['version']} is the "
+                            "champion; an interrupted apply had not recorded it)")
+            else:
+                with conn.transaction():
+                    history.abandon_decision(conn, pending["decision_id"])
+                done.append(f"abandoned decision {pending['decision_id']} (version {pending['version']} never "
+                            f"became champion; the champion is {current or 'none'})")
+    for line in done:
+        log.warning("%s", line)
+    return done
 
 
 def _tag_and_publish(registry, dsn: str, plan: dict, decision_id: int, changed_at: str) -> None:

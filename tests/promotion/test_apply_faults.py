@@ -296,3 +296,27 @@ def test_a_decisions_table_from_before_the_pending_state_is_upgraded_in_place(fr
 
     [old] = records(fresh["dsn"])["decisions"]
     assert (old["version"], old["outcome"], old["state"]) == ("1", "promoted", "complete")
+
+
+@pytest.mark.parametrize("crash_point", ["after the alias moved", "before the alias moved"])
+def test_a_pending_decision_never_retried_is_finished_before_the_next_decision(fresh, monkeypatch, crash_point):
+    """apply's retries ran out (or the run was cleared from `decide`): the next decision of any plan first
+    completes a move that happened, or abandons one that did not, so records, alias and Redis agree."""
+    from include.promotion.pipeline import apply, decide_promotion
+
+    plan = fresh["promote"]
+    with monkeypatch.context() as faults:
+        inject(faults, crash_point)
+        with pytest.raises(Crash):
+            apply(fresh["dsn"], plan, None, fresh["airflow"])
+    assert [d["state"] for d in records(fresh["dsn"])["decisions"]] == ["pending"]
+
+    again = decide_promotion(fresh["dsn"], plan["model_version"], None, require_approval=False, dry_run=False)
+
+    if crash_point == "after the alias moved":
+        assert again["outcome"] == "no_op"  # version 2 is the champion, and now the records say so too
+        assert_converged(fresh, plan, [("2", "promoted")])
+    else:
+        assert [d["state"] for d in records(fresh["dsn"])["decisions"]] == ["abandoned"]
+        assert champion(fresh["client"]) == "1" and records(fresh["dsn"])["deployment"] is None
+        assert again["outcome"] == "promoted" and again["expected_champion"] == "1"
