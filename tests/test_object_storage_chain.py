@@ -27,7 +27,7 @@ def test_the_phases_run_on_an_s3_storage_root(s3_server, training_events_dsn, tm
     with isolated_planner(tmp_path, training_events_dsn, PLANNER_STORAGE_ROOT=f"{bucket}/planner"):
         published = build_validate_publish(training_events_dsn, resolve_window("2026-11-23", 28), max_bad_share=0.05)
         assert published["uri"] == f"{bucket}/planner/datasets/planner/2026-11-23"
-        assert storage.resolve(published["uri"]).startswith(published["uri"] + "/" + storage.ATTEMPT_PREFIX)
+        assert storage.resolve(published["uri"]) == published["revision_uri"] == f"{published['uri']}/{published['revision']}"
         assert log_dataset_version(published["uri"], published["counts"])
 
         run_id = "planner_acceptance-v20261123_040506"

@@ -84,12 +84,22 @@ def build_replay_set(dsn: str, window: Window, parts: int = 2) -> dict:
     return {"uri": uri, "window": window.as_dict(), "rows": counts["rows"], "quarantined": counts["quarantined"]}
 
 
+def exact_content(uri: str):
+    """(filesystem, path) of a model's training data exactly as it was read: a revision, or a version from
+    before revisions, in place (complete by its own `_SUCCESS`), never through a pointer a later rebuild
+    switched; anything else through its pointer."""
+    fs, path = storage.filesystem(uri)
+    if fs.isfile(storage.join(path, names.SUCCESS_MARKER)):
+        return fs, path
+    return storage.published(uri)
+
+
 def plan_ids(dataset_uri: str, before=None) -> set[str]:
     """plan_ids of a published dataset's rows (accepted before `before`, when given)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    fs, path = storage.published(dataset_uri)
+    fs, path = exact_content(dataset_uri)
     rows_file = storage.join(path, names.DATASET_TRAINING_FILE)
     if not fs.isfile(rows_file):
         raise EvaluationError(f"the training dataset {dataset_uri} is gone ({names.DATASET_TRAINING_FILE} missing): "

@@ -103,7 +103,9 @@ def keep_rate_scores(training_dataset_uri: str, cutoff, recipe_ids: list[str]) -
 
     from include.core import storage
 
-    fs, path = storage.published(training_dataset_uri)
+    from include.evaluation.replay import exact_content
+
+    fs, path = exact_content(training_dataset_uri)
     table = pq.read_table(storage.join(path, names.DATASET_TRAINING_FILE), columns=["accepted_at", "input", "target"],
                           filesystem=fs)
     table = table.filter(pc.less(table["accepted_at"], cutoff))
