@@ -156,7 +156,12 @@ def publish_dir(staging: Path, final_uri: str) -> str:
             old = final.parent / STAGING_DIR / f"replaced-{final.name}-{uuid.uuid4().hex[:12]}"
             old.parent.mkdir(parents=True, exist_ok=True)
             os.rename(final, old)
-        os.rename(staging, final)
+        try:
+            os.rename(staging, final)
+        except BaseException:
+            if old is not None and not final.exists():
+                os.rename(old, final)  # put the old version back: never neither
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return str(final)
@@ -199,11 +204,18 @@ def _write_pointer(uri: str, child: str, **facts) -> None:
     if is_local(uri):
         target = local_path(uri) / POINTER
         partial = target.with_name(f"{POINTER}.{uuid.uuid4().hex[:8]}.partial")
-        partial.write_bytes(body)
+        with open(partial, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())  # a power loss must not leave an empty pointer after the rename
         os.replace(partial, target)
     else:
         fs, path = filesystem(uri)
         fs.pipe_file(join(path, POINTER), body)
+
+
+class RevisionCorrupted(RuntimeError):
+    """A published revision no longer holds the content its name says; nothing was changed."""
 
 
 def publish_revision(staging: Path, final_uri: str) -> dict:
@@ -222,6 +234,9 @@ def publish_revision(staging: Path, final_uri: str) -> dict:
     result = {"uri": final_uri, "revision": revision, "revision_uri": revision_uri, "digest": digest}
     pointer = read_pointer(final_uri)
     if is_complete(revision_uri):
+        problems = verify_revision(revision_uri, digest)
+        if problems:  # the same content was published before and has changed since: never point at it
+            raise RevisionCorrupted("; ".join(problems) + f"; the new build is kept at {staging} for inspection")
         discard_staging(staging)
         if not pointer or pointer["attempt"] != revision:
             _write_pointer(final_uri, revision, digest=digest)
@@ -233,9 +248,16 @@ def publish_revision(staging: Path, final_uri: str) -> dict:
         target = local_path(revision_uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("")
-        if target.exists():  # an earlier rename that never completed cannot exist locally; a stray copy can
-            raise FileExistsError(f"{target} exists but is not a complete revision: move it away and retry")
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not is_complete(revision_uri):  # not a twin build that won the race: something else is there
+                raise FileExistsError(f"{target} exists but is not a complete revision (not written by a publish: "
+                                      "a publish renames a complete directory); move it aside and retry") from None
+            discard_staging(staging)
+            if not pointer or pointer["attempt"] != revision:
+                _write_pointer(final_uri, revision, digest=digest)
+            return {**result, "created": False}
     else:
         fs, path = filesystem(revision_uri)
         for file in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != names.SUCCESS_MARKER):

@@ -140,3 +140,15 @@ def test_revisions_are_immutable_identical_content_is_a_no_op_and_the_newest_is_
                                               "digest": other["digest"]}
     assert storage.verify_revision(first["revision_uri"], first["digest"]) == []
     assert "not the" in storage.verify_revision(first["revision_uri"], other["digest"])[0]
+
+
+def test_a_rebuild_never_points_at_a_revision_whose_files_changed_since(any_root):
+    uri = storage.dataset_uri("2026-11-23")
+    first = storage.publish_revision(_staging_with(uri, "rows"), uri)
+    fs, path = storage.filesystem(first["revision_uri"])
+    fs.pipe_file(storage.join(path, names.DATASET_TRAINING_FILE), b"rows, tampered with")
+    storage.publish_revision(_staging_with(uri, "other rows"), uri)  # the version now points elsewhere
+
+    with pytest.raises(storage.RevisionCorrupted, match="not the"):
+        storage.publish_revision(_staging_with(uri, "rows"), uri)  # identical to the first build
+    assert _read(uri) == "other rows"

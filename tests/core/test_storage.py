@@ -61,3 +61,24 @@ def test_an_interrupted_write_leaves_nothing_that_looks_complete(tmp_path):
 ])
 def test_airflow_connection_from_a_libpq_uri(dsn, expected):
     assert json.loads(airflow_connection_json(dsn)) == expected
+
+
+def test_a_republish_that_fails_at_the_rename_puts_the_old_version_back(tmp_path, monkeypatch):
+    import os
+
+    final = str(tmp_path / "v")
+    storage.publish_dir(_staging_with(final, "v1"), final)
+    real = os.rename
+    calls = []
+
+    def rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the first moves the old version aside, the second would move the new one in
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="disk full"):
+        storage.publish_dir(_staging_with(final, "v2"), final)
+    monkeypatch.setattr(os, "rename", real)
+    assert storage.is_complete(final) and (tmp_path / "v/training.parquet").read_text() == "v1"
