@@ -13,10 +13,13 @@ export DO_NOT_TRACK := 1
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: lifecycle airflow test bench venv lock clean
+.PHONY: lifecycle team-lifecycle airflow test bench venv lock clean
 
 lifecycle: $(STAMP)  ## generate data, run the lifecycle DAGs on the embedded default, print the outcome (ARGS=--help)
 	$(PY) -m scripts.lifecycle $(ARGS)
+
+team-lifecycle: $(STAMP)  ## the same lifecycle on the team topology on loopback: PostgreSQL, Redis, CeleryExecutor with 2 workers, S3 server, MLflow server with auth (ARGS=--help)
+	$(PY) -m scripts.team_lifecycle $(ARGS)
 
 airflow: $(STAMP)  ## the Airflow UI on http://127.0.0.1:8080 (admin / admin) over make lifecycle's runs; Ctrl-C stops it
 	$(PY) -m scripts.airflow_ui

@@ -1,6 +1,11 @@
 """Airflow's services on loopback (api-server, scheduler, dag-processor, triggerer; LocalExecutor)
 and a small client for the REST API they serve: what the lifecycle command, the local UI and
 the end-to-end tests drive, exactly as a user's browser or script would.
+
+Options for the team topology (`make team-lifecycle`): another executor (CeleryExecutor) and
+extra services started and stopped with the others (the Celery workers, each with its own
+working directory and environment); an MLflow server with another backend store and MLflow's
+basic-auth app.
 """
 from __future__ import annotations
 
@@ -32,11 +37,11 @@ def _die_with_parent() -> None:
         pass  # not Linux: the signal handlers and the finally blocks still stop the services
 
 
-def spawn_service(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def spawn_service(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
     """A service in a session (process group) of its own, so that stopping it stops its children too."""
     with open(log_path, "ab") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_die_with_parent, cwd=cwd)
 
 
 def stop_service(process: subprocess.Popen, timeout: float = 30) -> None:
@@ -79,7 +84,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def service_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
+def hostname_from_env() -> str:
+    """`[core] hostname_callable` for several workers on one host: the name in PLANNER_HOSTNAME (a task
+    instance's `hostname`, where the UI fetches a running task's log from), else the FQDN as usual."""
+    return os.environ.get("PLANNER_HOSTNAME") or socket.getfqdn()
+
+
+def service_env(base: dict[str, str], home: Path, port: int, executor: str = "LocalExecutor") -> dict[str, str]:
     """The settings every service process must share (one home, one JWT secret, one API URL)."""
     env = dict(base)
     secret_file = home / "jwt_secret"
@@ -88,7 +99,7 @@ def service_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
         secret_file.write_text(secrets.token_urlsafe(32))
     env.update({
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": executor,
         "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -107,12 +118,24 @@ def service_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
 
 
 @dataclass
+class ExtraService:
+    """A process started after Airflow's own services and stopped with them (e.g. a Celery worker):
+    the shared service environment plus `env`, in `cwd`, its output in `service-logs/<name>.log`."""
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+@dataclass
 class AirflowServices:
     home: Path
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _token: str | None = None
+    executor: str = "LocalExecutor"
+    extra_services: list[ExtraService] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -126,7 +149,7 @@ class AirflowServices:
         return result
 
     def start(self, timeout: float = 120) -> AirflowServices:
-        self.env = service_env(self.env, self.home, self.port)
+        self.env = service_env(self.env, self.home, self.port, executor=self.executor)
         self.airflow("db", "migrate")
         logs = self.home / "service-logs"
         logs.mkdir(exist_ok=True)
@@ -135,6 +158,11 @@ class AirflowServices:
                 args = ["api-server", "-H", "127.0.0.1", "-p", str(self.port)] if name == "api-server" else [name]
                 self.processes[name] = spawn_service([str(Path(sys.executable).with_name("airflow")), *args],
                                                      self.env, logs / f"{name}.log")
+            for extra in self.extra_services:
+                if extra.cwd is not None:
+                    Path(extra.cwd).mkdir(parents=True, exist_ok=True)
+                self.processes[extra.name] = spawn_service(extra.argv, {**self.env, **extra.env},
+                                                           logs / f"{extra.name}.log", cwd=extra.cwd)
             self.wait_healthy(timeout)
         except BaseException:
             self.stop()
@@ -146,7 +174,8 @@ class AirflowServices:
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(f"airflow {name} exited with {process.returncode}: see "
+                    label = f"airflow {name}" if name in SERVICES else name
+                    raise RuntimeError(f"{label} exited with {process.returncode}: see "
                                        f"{self.home / 'service-logs' / (name + '.log')}")
             try:
                 health = self.request("GET", "/api/v2/monitor/health", auth=False)
@@ -233,12 +262,16 @@ class AirflowServices:
 @dataclass
 class MlflowServer:
     """An MLflow tracking server on loopback: SQLite backend store, artifacts written by clients
-    straight to a local root (the compose stack uses PostgreSQL and object storage instead)."""
+    straight to a local root (the compose stack uses PostgreSQL and object storage instead).
+    `backend_store_uri` replaces the SQLite store (e.g. postgresql://...); `app_name="basic-auth"`
+    turns on MLflow's authentication (its config file named by MLFLOW_AUTH_CONFIG_PATH in `env`)."""
     root: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     artifact_root: str | None = None   # e.g. s3://bucket/mlflow: clients write artifacts there directly
     env: dict[str, str] = field(default_factory=dict)
+    backend_store_uri: str | None = None
+    app_name: str | None = None
 
     @property
     def url(self) -> str:
@@ -248,9 +281,9 @@ class MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                   "--backend-store-uri", self.backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}",
                    "--default-artifact-root", self.artifact_root or str(self.root / "artifacts"),
-                   "--no-serve-artifacts"]
+                   "--no-serve-artifacts", *(["--app-name", self.app_name] if self.app_name else [])]
         env = {**os.environ, **self.env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
         self.process = spawn_service(command, env, self.root / "server.log")
         deadline = time.monotonic() + timeout
