@@ -101,8 +101,10 @@ def planner_dataset():
     def log_dataset(published: dict) -> str:
         from include.dataset.tracking import log_dataset_version
 
-        run_id = log_dataset_version(published["uri"], published["counts"])
-        get_current_context()["outlet_events"][DATASET_ASSET].extra = {
+        context = get_current_context()
+        run_id = log_dataset_version(published["uri"], published["counts"],
+                                     airflow={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
+        context["outlet_events"][DATASET_ASSET].extra = {
             "dataset_version": published["version"], "dataset_uri": published["uri"], "rows": published["rows"],
             "mlflow_run_id": run_id, "dataset_revision": published["revision"], "dataset_digest": published["digest"],
         }

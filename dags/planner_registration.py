@@ -134,13 +134,15 @@ def planner_registration():
     def register_model(verified: dict) -> dict:
         from include.registration.registry import register_uri
 
-        registration = register_uri(verified["model_path"])
+        context = get_current_context()
+        registration = register_uri(verified["model_path"],
+                                    airflow={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         print(f"{'registered' if registration.created else 'already registered'}: "
               f"{registration.model_name} version {registration.version} ({registration.training_run_id}); "
               f"alias {names.CHALLENGER_ALIAS}")
         extra = {"model_name": registration.model_name, "model_version": registration.version,
                  "training_run_id": registration.training_run_id, "dataset_version": registration.dataset_version}
-        get_current_context()["outlet_events"][REGISTERED_MODEL_ASSET].extra = extra
+        context["outlet_events"][REGISTERED_MODEL_ASSET].extra = extra
         return registration.as_dict()
 
     register_model(verify_artifacts(wait_for_artifacts(resolve_model_path())))

@@ -118,7 +118,8 @@ def planner_training():
         if not storage.is_complete(dataset_uri):
             raise AirflowFailException(f"dataset {dataset_uri} is not complete (no {names.SUCCESS_MARKER})")
         run_id = training_run_id(context["dag_run"].run_after)
-        options = trainer_options(dataset_uri, storage.models_root(), run_id, params)
+        options = trainer_options(dataset_uri, storage.models_root(), run_id, params,
+                                  airflow={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         return {"dataset_version": version, "dataset_uri": dataset_uri, "training_run_id": run_id,
                 "model_uri": storage.join(storage.models_root(), run_id), "options": options, "argv": trainer_argv(options)}
 

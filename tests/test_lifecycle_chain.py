@@ -67,6 +67,23 @@ def test_one_rest_trigger_runs_the_asset_chain_to_promotion(chain_stack):
     assert str(client.get_model_version_by_alias(names.REGISTERED_MODEL_NAME, names.CHAMPION_ALIAS).version) == \
         str(version.version)
     assert decision["evaluation_run_id"] == tags["evaluation_run_id"]
+
+    # One call answers what the version is made of and which Airflow run of every phase touched it.
+    from include.lineage import version_lineage, versions_trained_on
+
+    runs = {dag_id: services.request("GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"][0]["dag_run_id"]
+            for dag_id in CHAIN}
+    doc = version_lineage(str(version.version), dsn=dsn)
+    assert doc["dataset"]["airflow"] == {"dag_id": names.DAG_DATASET, "run_id": runs[names.DAG_DATASET]}
+    assert doc["training"]["airflow"] == {"dag_id": names.DAG_TRAINING, "run_id": runs[names.DAG_TRAINING]}
+    assert doc["registration"]["airflow"] == {"dag_id": names.DAG_REGISTRATION, "run_id": runs[names.DAG_REGISTRATION]}
+    assert [e["airflow_run_id"] for e in doc["evaluations"]] == [runs[names.DAG_OFFLINE_EVAL]]
+    assert [d["airflow"] for d in doc["promotion"]] == [{"dag_id": names.DAG_PROMOTION,
+                                                          "run_id": runs[names.DAG_PROMOTION]}]
+    assert doc["dataset"]["digest"] == tags["dataset_digest"] and doc["evaluations"][0]["run_id"] == \
+        tags["evaluation_run_id"]
+    assert [v["version"] for v in versions_trained_on("2026-11-23", doc["dataset"]["revision"])] == \
+        [str(version.version)]
     print(json.dumps({"outcome": decision["outcome"], "reasons": decision["reasons"]}))
 
     # The user's fix-and-rerun: clear only register_model of that registration run, through REST.

@@ -15,8 +15,18 @@ INPUT_COLUMNS = ["plan_id", "household_id", "accepted_at", "workflow_type", "mod
                  "household_size", "budget", "max_prep_time", "n_proposed_meals", "n_accepted_meals", "n_user_edits"]
 
 
-def log_dataset_version(uri: str, counts: dict) -> str:
+def airflow_tags(airflow: dict | None) -> dict[str, str]:
+    """`airflow_dag_id` / `airflow_run_id` tags of the DAG run a phase ran in (none outside Airflow)."""
+    airflow = airflow or {}
+    return {f"airflow_{key}": str(airflow[key]) for key in ("dag_id", "run_id") if airflow.get(key)}
+
+
+def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> str:
     """Log (or find) the MLflow run of the version's current revision; returns its run id.
+
+    `airflow`: the `{dag_id, run_id}` of the DAG run that logs it, recorded as the run's tags
+    `airflow_dag_id` and `airflow_run_id` (the lineage's dataset phase); a reused run keeps the
+    ids of the DAG run that first logged it.
 
     One run per revision: rebuilding with the same content reuses its run; different content is a
     new revision with a run of its own, and the older revision's run stays (models trained on it
@@ -45,7 +55,8 @@ def log_dataset_version(uri: str, counts: dict) -> str:
                                                                                          else "")) as run:
         mlflow.set_tags({"dataset_version": version, "dataset_uri": uri, "dataset_digest": digest,
                          "dataset_revision": revision,
-                         "dataset_revision_uri": storage.join(uri, revision) if revision else uri})
+                         "dataset_revision_uri": storage.join(uri, revision) if revision else uri,
+                         **airflow_tags(airflow)})
         mlflow.log_params({"end_date": version, "window_start": window["start"], "window_end": window["end"],
                            "lookback_days": window["lookback_days"], "max_bad_share": counts["max_bad_share"]})
         mlflow.log_metrics({name: float(counts[name]) for name in METRICS})

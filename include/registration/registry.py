@@ -71,7 +71,18 @@ def version_tags(manifest: dict, manifest_sha256: str, model_dir: Path | str) ->
     for key in ("val_auc", "val_loss", "val_accuracy", "baseline_val_auc"):
         if key in metrics:
             tags[key] = f"{metrics[key]:.6f}"
+    # The training's Airflow DAG run, when the trainer was told it (manifests from before have none).
+    for key in ("airflow_dag_id", "airflow_run_id"):
+        if manifest.get(key):
+            tags[key.replace("airflow_", "airflow_training_")] = str(manifest[key])
     return tags
+
+
+def registration_tags(airflow: dict | None) -> dict[str, str]:
+    """`airflow_registration_dag_id` / `airflow_registration_run_id`: the DAG run that registered the
+    version (none outside Airflow)."""
+    airflow = airflow or {}
+    return {f"airflow_registration_{key}": str(airflow[key]) for key in ("dag_id", "run_id") if airflow.get(key)}
 
 
 def registry_client():
@@ -257,20 +268,23 @@ def _converge(client, versions: list):
     return winner
 
 
-def register_uri(model_uri: str) -> Registration:
+def register_uri(model_uri: str, airflow: dict | None = None) -> Registration:
     """Register a verified model directory given by its URI: read in place when local, from a scratch
     copy (removed afterwards) when it lies on object storage."""
     from include.core import storage
 
     if storage.is_local(model_uri):
-        return register(storage.local_path(model_uri))
+        return register(storage.local_path(model_uri), airflow=airflow)
     with tempfile.TemporaryDirectory(prefix="planner-register-") as scratch:
-        return register(storage.download_dir(model_uri, Path(scratch) / "model"), model_uri=model_uri)
+        return register(storage.download_dir(model_uri, Path(scratch) / "model"), model_uri=model_uri,
+                        airflow=airflow)
 
 
-def register(model_dir: Path, model_uri: str | None = None) -> Registration:
+def register(model_dir: Path, model_uri: str | None = None, airflow: dict | None = None) -> Registration:
     """Register a verified model directory; returns the one version of its training run. `model_uri`:
-    where the directory was published, when `model_dir` is a copy of it."""
+    where the directory was published, when `model_dir` is a copy of it. `airflow`: the registering DAG
+    run's `{dag_id, run_id}`, tagged as `airflow_registration_dag_id` / `_run_id` on the version; a later
+    run that finds the version already registered keeps the first run's ids."""
     from mlflow.exceptions import MlflowException
 
     manifest_path = model_dir / names.MODEL_MANIFEST_FILE
@@ -278,6 +292,7 @@ def register(model_dir: Path, model_uri: str | None = None) -> Registration:
     manifest_sha256 = file_sha256(manifest_path)
     training_run_id = manifest["training_run_id"]
     tags = version_tags(manifest, manifest_sha256, model_uri or model_dir)
+    registered_by = registration_tags(airflow)
     try:
         client = registry_client()
         _ensure_registered_model(client)
@@ -291,13 +306,13 @@ def register(model_dir: Path, model_uri: str | None = None) -> Registration:
             mine = client.create_model_version(
                 names.REGISTERED_MODEL_NAME, source=f"models:/{model_id}",
                 run_id=run.info.run_id if run else None, model_id=model_id,
-                tags={**tags, TAG_SERVING_PACKAGE: package} if package else tags,
+                tags={**tags, **registered_by, **({TAG_SERVING_PACKAGE: package} if package else {})},
                 description=f"{training_run_id} trained on dataset {manifest.get('dataset_version')}")
             winner = _converge(client, versions_of(client, training_run_id))
             created = winner.version == mine.version
         else:
             winner = _converge(client, existing)
-        _complete(client, winner, tags)
+        _complete(client, winner, {**tags, **{k: v for k, v in registered_by.items() if k not in winner.tags}})
     except MlflowException as exc:
         from include.core.config import settings
 

@@ -15,15 +15,22 @@ def training_run_id(when: datetime) -> str:
     return when.astimezone(UTC).strftime(names.TRAINING_RUN_ID_FORMAT)
 
 
-def trainer_options(dataset_uri: str, output_root: str, run_id: str, params: dict) -> dict[str, str]:
-    """planner-train's options as {name: value} (flags as 'true'/'false')."""
-    return {
+def trainer_options(dataset_uri: str, output_root: str, run_id: str, params: dict,
+                    airflow: dict | None = None) -> dict[str, str]:
+    """planner-train's options as {name: value} (flags as 'true'/'false'). `airflow`: the training DAG
+    run's `{dag_id, run_id}`, passed as `--airflow-dag-id` / `--airflow-run-id` (recorded in the manifest
+    and the MLflow run, for the lineage); omitted when not given."""
+    options = {
         "dataset-uri": dataset_uri, "output-root": output_root, "training-run-id": run_id,
         "base-model": str(params["base_model"]), "epochs": str(params["epochs"]),
         "learning-rate": str(params["learning_rate"]), "batch-size": str(params["batch_size"]),
         "seed": str(params["seed"]), "max-rows": str(params["max_rows"]),
         "holdout-days": str(params["holdout_days"]), "lora": "true" if params["lora"] else "false",
     }
+    for key in ("dag_id", "run_id"):
+        if (airflow or {}).get(key):
+            options[f"airflow-{key.replace('_', '-')}"] = str(airflow[key])
+    return options
 
 
 def trainer_argv(options: dict[str, str]) -> list[str]:

@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument("--airflow-dag-id", default="", help="the Airflow DAG that runs this training (lineage)")
+    parser.add_argument("--airflow-run-id", default="", help="the Airflow DAG run that runs this training (lineage)")
     add_boolean_option(parser, "shuffle-labels",
                        help="negative control: permute the training labels (seeded), so the model can learn "
                             "nothing; offline evaluation and the promotion gate must reject it")
@@ -185,13 +187,15 @@ def train(args: argparse.Namespace) -> dict:
              "base_model": args.base_model, "device": device,
              "shuffle_labels": args.shuffle_labels}
 
+    airflow = {key: value for key, value in (("airflow_dag_id", args.airflow_dag_id),
+                                             ("airflow_run_id", args.airflow_run_id)) if value}
     final_uri = model_uri(args)
     staging = storage.new_staging_dir(final_uri)
     try:
         experiment_id = ensure_experiment(names.EXPERIMENT_TRAINING)
         with mlflow.start_run(experiment_id=experiment_id, run_name=args.training_run_id) as run:
             mlflow.set_tags({"training_run_id": args.training_run_id, "dataset_version": version,
-                             "dataset_uri": args.dataset_uri, **revision})
+                             "dataset_uri": args.dataset_uri, **revision, **airflow})
             mlflow.log_input(_dataset_reference(args.dataset_uri, version, revision["dataset_digest"]),
                              context="training")
             mlflow.log_params({**hyper, "dataset_version": version, "training_cutoff": cutoff.isoformat(),
@@ -213,7 +217,7 @@ def train(args: argparse.Namespace) -> dict:
                 "training_run_id": args.training_run_id, "mlflow_run_id": run.info.run_id,
                 "dataset_version": version, "dataset_uri": args.dataset_uri, **revision, "base_model": args.base_model,
                 "training_cutoff": cutoff.isoformat(), "hyperparameters": hyper, "final_metrics": final,
-                "torch_version": torch.__version__})
+                "torch_version": torch.__version__, **airflow})
             mlflow.log_dict(manifest, names.MODEL_MANIFEST_FILE)
     except BaseException:
         storage.discard_staging(staging)
