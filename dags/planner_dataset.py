@@ -15,7 +15,7 @@ edits up to the acceptance.
 
 Bad events (no plan_id, no meals, unknown recipe, no generation before the acceptance, no
 household state at the plan time) go to `quarantine.parquet` with their reason; the run fails
-only when their share exceeds `max_bad_share`. Re-running a version rewrites it identically.
+only when their share exceeds `max_bad_share`. Re-running a version with the same events writes nothing (the same revision); other content becomes a new revision, and older revisions never change.
 
 Runs weekly at Monday 00:00 UTC + `PLANNER_DATASET_LATENESS_HOURS` (default 6, so Mondays
 06:00 UTC; 0..72; `PLANNER_DATASET_SCHEDULE` overrides the cron, `none`: triggered only), and

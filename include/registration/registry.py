@@ -173,7 +173,8 @@ def _ready_logged_model(client, experiment_id: str, training_run_id: str, manife
         experiment_ids=[experiment_id],
         filter_string=f"tags.{TAG_TRAINING_RUN_ID} = '{training_run_id}' "
                       f"AND tags.{TAG_MANIFEST_SHA256} = '{manifest_sha256}'")
-    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    # A logged model saved before versions carried their own code (no serving_package) is never reused.
+    ready = [m for m in found if m.status == LoggedModelStatus.READY and m.tags.get(TAG_SERVING_PACKAGE)]
     return ready[0] if ready else None
 
 

@@ -61,7 +61,7 @@ def pick_dataset_version(param_version: str | None, triggering_versions: list[st
     return newest
 
 
-LOOPBACK_HOSTS = ("localhost", "::1")
+LOOPBACK_HOSTS = ("localhost", "localhost.", "::1", "0.0.0.0")
 
 
 def _local_reason(uri: str) -> str | None:

@@ -193,9 +193,10 @@ def test_a_model_whose_dataset_revision_changed_since_training_is_refused(
     manifest_path = model_in_storage / names.MODEL_MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     assert manifest["dataset_revision_uri"] == storage.resolve(published_dataset) and manifest["dataset_digest"]
-    copy = tmp_path / "rev-copy"  # the revision it trained on, then changed under it
-    shutil.copytree(storage.resolve(published_dataset), copy)
-    with open(copy / names.DATASET_TRAINING_FILE, "ab") as rows:
+    revision = Path(storage.resolve(published_dataset))
+    copy = Path(storage.dataset_uri(revision.parent.name)) / revision.name  # under this test's datasets root
+    shutil.copytree(revision, copy)
+    with open(copy / names.DATASET_TRAINING_FILE, "ab") as rows:  # changed after the model was trained on it
         rows.write(b"\0")
     manifest_path.write_text(json.dumps({**manifest, "dataset_revision_uri": str(copy)}))
 
@@ -206,6 +207,10 @@ def test_a_model_whose_dataset_revision_changed_since_training_is_refused(
     output = run_output(capfd)
     assert "not the" in output and "it was trained on" in output
     assert _registered_versions() == []
+
+    manifest_path.write_text(json.dumps({**manifest, "dataset_revision_uri": str(tmp_path / "elsewhere")}))
+    run = registration_dag.test(run_conf={"model_path": model_in_storage.name})
+    assert run.state == "failed" and "not under the datasets root" in run_output(capfd)
 
 
 @pytest.mark.e2e
