@@ -23,6 +23,7 @@ import re
 import sys
 
 from include.core import names
+from include.registration.registry import run_in_store
 
 MODEL = names.REGISTERED_MODEL_NAME
 PAGE = 1000
@@ -81,18 +82,6 @@ def _tracking_uri() -> str:
     from include.core.config import settings
 
     return settings().mlflow_tracking_uri
-
-
-def _run(client, run_id: str | None):
-    """The MLflow run, or None when it is not in this tracking store."""
-    from mlflow.exceptions import MlflowException
-
-    if not run_id:
-        return None
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        return None
 
 
 def _experiment_id(client, name: str) -> str | None:
@@ -198,7 +187,7 @@ def version_lineage(version: str, dsn: str | None = None) -> dict:
     tags = dict(found.tags or {})
 
     training_mlflow_run = _value(tags, "mlflow_training_run_id")
-    training_run = _run(client, training_mlflow_run)
+    training_run = run_in_store(client, training_mlflow_run)
     run_tags = training_run.data.tags if training_run is not None else {}
     if run_tags.get("training_run_id") != _value(tags, "training_run_id"):
         run_tags = {}  # not this training run's (a copied directory): none of its tags speak for this version

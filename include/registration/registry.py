@@ -154,8 +154,8 @@ def _ensure_registered_model(client) -> None:
             client.get_registered_model(names.REGISTERED_MODEL_NAME)  # a racing registration created it
 
 
-def _training_run(client, run_id: str | None):
-    """The training run in this tracking store, or None (trained against another store)."""
+def run_in_store(client, run_id: str | None):
+    """The MLflow run, or None when it is not in this tracking store (e.g. trained against another)."""
     from mlflow.exceptions import MlflowException
 
     if not run_id:
@@ -300,7 +300,7 @@ def register(model_dir: Path, model_uri: str | None = None, airflow: dict | None
         existing = versions_of(client, training_run_id)
         created = False
         if not existing:
-            run = _training_run(client, manifest.get("mlflow_run_id"))
+            run = run_in_store(client, manifest.get("mlflow_run_id"))
             model_id = log_pyfunc(client, model_dir, manifest, manifest_sha256, run)
             # Which code the version scores with: the package its logged model was saved with.
             package = client.get_logged_model(model_id).tags.get(TAG_SERVING_PACKAGE)

@@ -5,11 +5,12 @@ work, in a real MLflow registry, the real PostgreSQL `ml` schema and the real Re
 stands for Redis being down; the Redis check is skipped where none answers)."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from include.core import names
+from tests.promotion.records import champion, records
+from tests.promotion.records import redis_champion as read_redis_champion
 from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -83,30 +84,8 @@ def fresh(world, request):
     return {**world, "airflow": {"dag_id": "planner_promotion", "run_id": f"faults__{request.node.name}"}}
 
 
-def champion(client) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(MODEL, names.CHAMPION_ALIAS).version)
-    except MlflowException:
-        return None
-
-
-def records(dsn: str) -> dict:
-    from include.promotion import history
-
-    with history.connect(dsn) as conn:
-        return {"decisions": history.decisions(conn, MODEL), "deployment": history.deployment(conn, MODEL),
-                "champions": history.champions(conn, MODEL)}
-
-
 def redis_champion() -> dict | None:
-    import redis
-
-    from include.promotion.pipeline import REDIS_KEY
-
-    raw = redis.Redis.from_url(REDIS_URL).get(REDIS_KEY)
-    return json.loads(raw) if raw else None
+    return read_redis_champion(REDIS_URL)
 
 
 def assert_converged(world: dict, plan: dict, changes: list[tuple[str, str]]) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from include.core import names
+from tests.promotion.records import champion, records
+from tests.promotion.records import redis_champion as read_redis_champion
 from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -66,30 +68,8 @@ def evaluate(dsn: str, version: str, baseline: str = "champion") -> str:
     return report["evaluation_run_id"]
 
 
-def champion(client) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(MODEL, names.CHAMPION_ALIAS).version)
-    except MlflowException:
-        return None
-
-
-def records(dsn: str) -> dict:
-    from include.promotion import history
-
-    with history.connect(dsn) as conn:
-        return {"decisions": history.decisions(conn, MODEL), "deployment": history.deployment(conn, MODEL),
-                "champions": history.champions(conn, MODEL)}
-
-
 def redis_champion() -> dict | None:
-    import redis
-
-    from include.promotion.pipeline import REDIS_KEY
-
-    raw = redis.Redis.from_url(REDIS_URL).get(REDIS_KEY)
-    return json.loads(raw) if raw else None
+    return read_redis_champion(REDIS_URL)
 
 
 def run(dag, **conf):
