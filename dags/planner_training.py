@@ -25,6 +25,12 @@ train on any version.
 
 The training run id is `planner_acceptance-vYYYYMMDD_HHMMSS` from this DAG run, so a retry
 reuses it, and a run whose artifacts are already complete finishes without training again.
+The trainer checkpoints after every epoch (and every `checkpoint_steps`) under
+`<storage root>/checkpoints/<training run id>/`: a retry after a preempted pod, a cleared task
+or a Databricks repair resumes from the newest complete checkpoint in the same MLflow run. The
+published weights are the best validation AUC's epoch (`early_stopping_patience` stops early).
+With `gpu_count` > 1 the pod runs `torchrun` with one process per GPU (DDP, bf16 where the GPU
+has it).
 Training uses the dataset's rows accepted before `end_date - holdout_days`; the later days
 stay unseen for offline replay. `publish_model_artifacts` checks the model directory is
 complete and emits the `planner.model_artifacts` Asset. Registration is not done here: the
@@ -71,7 +77,21 @@ TRAINING_RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='resolve_inputs', key='trai
         "max_rows": Param(0, type="integer", minimum=0, description="0: all rows"),
         "seed": Param(7, type="integer", minimum=0),
         "holdout_days": Param(settings().holdout_days, type="integer", minimum=0, maximum=60),
-        "gpu_count": Param(1, type="integer", minimum=0, maximum=8, title="GPUs (kubernetes)"),
+        "gpu_count": Param(1, type="integer", minimum=0, maximum=8, title="GPUs (kubernetes)",
+                           description="More than one: torchrun starts one training process per GPU (DDP)"),
+        "mixed_precision": Param("auto", type="string", enum=["auto", "bf16", "fp32"],
+                                 description="auto: bf16 on a GPU that supports it, fp32 on CPU"),
+        "gradient_accumulation_steps": Param(1, type="integer", minimum=1, maximum=1024),
+        "gradient_checkpointing": Param(False, type="boolean",
+                                        description="Recompute activations in backward: less GPU memory, slower"),
+        "early_stopping_patience": Param(0, type="integer", minimum=0, maximum=100,
+                                         description="Stop after this many epochs without a better val_auc (0: "
+                                                     "never); the best epoch's weights are published either way"),
+        "checkpoint_steps": Param(0, type="integer", minimum=0,
+                                  description="Also checkpoint every N optimizer steps (0: at each epoch end only); "
+                                              "a retried or preempted training resumes from the newest checkpoint"),
+        "keep_checkpoints": Param(False, type="boolean",
+                                  description="Keep the checkpoints once the model is published"),
         "image": Param(DEPLOY.image, type="string", minLength=1, title="Training image (kubernetes)"),
     },
 )
@@ -87,6 +107,7 @@ def planner_training():
         from include.core.triggering import choose_event, event_extras, report_skipped
         from include.training.backends import (
             pick_dataset_version,
+            pod_command,
             remote_backend_problems,
             stale_dataset_reason,
             trainer_argv,
@@ -119,9 +140,11 @@ def planner_training():
             raise AirflowFailException(f"dataset {dataset_uri} is not complete (no {names.SUCCESS_MARKER})")
         run_id = training_run_id(context["dag_run"].run_after)
         options = trainer_options(dataset_uri, storage.models_root(), run_id, params,
-                                  airflow={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
+                                  airflow={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+                                  checkpoint_root=storage.checkpoints_root())
         return {"dataset_version": version, "dataset_uri": dataset_uri, "training_run_id": run_id,
-                "model_uri": storage.join(storage.models_root(), run_id), "options": options, "argv": trainer_argv(options)}
+                "model_uri": storage.join(storage.models_root(), run_id), "options": options,
+                "argv": trainer_argv(options), "command": pod_command(params["gpu_count"])}
 
     @task.branch(retries=0)
     def choose_backend() -> str:
@@ -159,7 +182,7 @@ def planner_training():
         return extra
 
     inputs = resolve_inputs()
-    kubernetes = KubernetesPodOperator(task_id="train_kubernetes", arguments=inputs["argv"],
+    kubernetes = KubernetesPodOperator(task_id="train_kubernetes", cmds=inputs["command"], arguments=inputs["argv"],
                                        execution_timeout=timedelta(hours=12), **kubernetes_pod_kwargs(DEPLOY))
     databricks = DatabricksSubmitRunOperator(
         task_id="train_databricks", databricks_conn_id=DEPLOY.databricks_conn_id,

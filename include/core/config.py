@@ -88,6 +88,7 @@ class TrainingSettings:
     databricks_conn_id: str
     databricks_cluster: dict
     trainer_wheel: str         # where the planner-trainer wheel was uploaded (a Volume or DBFS path)
+    shm_size: str              # the pod's memory-backed /dev/shm (NCCL, multi-GPU runs)
 
 
 def training_settings() -> TrainingSettings:
@@ -110,6 +111,7 @@ def training_settings() -> TrainingSettings:
             "custom_tags": {"ResourceClass": "SingleNode", "project": "planner"}}))),
         trainer_wheel=_env("PLANNER_TRAINER_WHEEL",
                            "/Volumes/ml/planner/wheels/planner_trainer-0.1.0-py3-none-any.whl"),
+        shm_size=_env("PLANNER_TRAINING_SHM_SIZE", "16Gi"),
     )
 
 

@@ -51,6 +51,11 @@ def models_root(root: str | None = None) -> str:
     return join(root or settings().storage_root, "models", names.REGISTERED_MODEL_NAME)
 
 
+def checkpoints_root(root: str | None = None) -> str:
+    """Where training checkpoints go, `<root>/checkpoints/<training run id>/` (outside every model directory)."""
+    return join(root or settings().storage_root, "checkpoints")
+
+
 def replay_uri(window_label: str, root: str | None = None) -> str:
     """Where offline evaluation publishes the rows of a replay window (`<start>_<end>`)."""
     return join(root or settings().storage_root, "replays", names.DATASET_NAME, window_label)

@@ -15,11 +15,17 @@ def training_run_id(when: datetime) -> str:
     return when.astimezone(UTC).strftime(names.TRAINING_RUN_ID_FORMAT)
 
 
+# The trainer's options for GPU scale and resumption, with planner-train's own defaults (DAG Params of the same names).
+SCALE_DEFAULTS = {"mixed_precision": "auto", "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
+                  "early_stopping_patience": 0, "checkpoint_steps": 0, "keep_checkpoints": False}
+
+
 def trainer_options(dataset_uri: str, output_root: str, run_id: str, params: dict,
-                    airflow: dict | None = None) -> dict[str, str]:
+                    airflow: dict | None = None, checkpoint_root: str = "") -> dict[str, str]:
     """planner-train's options as {name: value} (flags as 'true'/'false'). `airflow`: the training DAG
     run's `{dag_id, run_id}`, passed as `--airflow-dag-id` / `--airflow-run-id` (recorded in the manifest
-    and the MLflow run, for the lineage); omitted when not given."""
+    and the MLflow run, for the lineage); omitted when not given. `checkpoint_root`: where the
+    checkpoints go (`--checkpoint-root`), the trainer's default when empty."""
     options = {
         "dataset-uri": dataset_uri, "output-root": output_root, "training-run-id": run_id,
         "base-model": str(params["base_model"]), "epochs": str(params["epochs"]),
@@ -27,6 +33,11 @@ def trainer_options(dataset_uri: str, output_root: str, run_id: str, params: dic
         "seed": str(params["seed"]), "max-rows": str(params["max_rows"]),
         "holdout-days": str(params["holdout_days"]), "lora": "true" if params["lora"] else "false",
     }
+    for param, default in SCALE_DEFAULTS.items():
+        value = params.get(param, default)
+        options[param.replace("_", "-")] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if checkpoint_root:
+        options["checkpoint-root"] = checkpoint_root
     for key in ("dag_id", "run_id"):
         if (airflow or {}).get(key):
             options[f"airflow-{key.replace('_', '-')}"] = str(airflow[key])
@@ -109,8 +120,19 @@ def stale_dataset_reason(chosen: str, newest_complete: str | None) -> str | None
     return None
 
 
+def pod_command(gpu_count: int) -> list[str]:
+    """The pod's entry point: planner-train itself on one GPU (or none), torchrun with one process per GPU
+    on several (DDP; rank 0 logs and publishes)."""
+    if gpu_count > 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={gpu_count}", "--no-python", "planner-train"]
+    return ["planner-train"]
+
+
+SHM_VOLUME = "dshm"
+
+
 def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
-    """KubernetesPodOperator arguments for a GPU training pod (arguments come from XCom)."""
+    """KubernetesPodOperator arguments for a GPU training pod (the command and arguments come from XCom)."""
     from kubernetes.client import models as k8s
 
     gpus = "{{ params.gpu_count }}"
@@ -119,7 +141,10 @@ def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
         "namespace": settings.namespace,
         "kubernetes_conn_id": settings.kubernetes_conn_id,
         "image": "{{ params.image }}",  # the DAG's Param, defaulting to settings.image
-        "cmds": ["planner-train"],
+        # NCCL and the processes of a multi-GPU run share memory through /dev/shm; a container's default is 64 MB
+        "volumes": [k8s.V1Volume(name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
+            medium="Memory", size_limit=settings.shm_size))],
+        "volume_mounts": [k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")],
         "container_resources": k8s.V1ResourceRequirements(
             limits={"nvidia.com/gpu": gpus, "memory": "48Gi"}, requests={"cpu": "6", "memory": "32Gi"}),
         "node_selector": settings.gpu_node_selector,

@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from include.core import names, storage
@@ -20,9 +22,9 @@ from include.core.features import recipe_index
 from include.training.examples import (
     REQUIRED_COLUMNS,
     DatasetError,
-    examples_from_rows,
-    shuffled_labels,
-    split_by_household,
+    example_columns,
+    shuffled_label_columns,
+    split_columns,
     training_cutoff,
 )
 
@@ -68,7 +70,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_boolean_option(parser, "lora", help="LoRA adapters on the base model (merged before saving)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when present; several processes under torchrun share the work (DDP)")
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto: bf16 on a GPU that supports it, else fp32")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    add_boolean_option(parser, "gradient-checkpointing", help="recompute activations in backward (less GPU memory)")
+    parser.add_argument("--early-stopping-patience", type=int, default=0,
+                        help="stop after this many epochs without a better val_auc (0: run every epoch); the "
+                             "published weights are always the best epoch's")
+    parser.add_argument("--checkpoint-root", default="",
+                        help="where checkpoints go, <root>/<training-run-id>/ (default: <storage root>/checkpoints "
+                             "beside the models root)")
+    parser.add_argument("--checkpoint-steps", type=int, default=0,
+                        help="also checkpoint every N optimizer steps (0: at the end of each epoch only)")
+    add_boolean_option(parser, "keep-checkpoints", help="keep the checkpoints once the model is published")
     parser.add_argument("--airflow-dag-id", default="", help="the Airflow DAG that runs this training (lineage)")
     parser.add_argument("--airflow-run-id", default="", help="the Airflow DAG run that runs this training (lineage)")
     add_boolean_option(parser, "shuffle-labels",
@@ -77,17 +93,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not re.match(names.TRAINING_RUN_ID_PATTERN, args.training_run_id):
         parser.error(f"--training-run-id must look like {names.REGISTERED_MODEL_NAME}-vYYYYMMDD_HHMMSS")
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("early_stopping_patience", "checkpoint_steps"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.learning_rate <= 0:
         parser.error("--learning-rate must be > 0")
     return args
 
 
 def load_dataset(uri: str, holdout_days: int, max_rows: int):
-    """(rows before the cutoff, recipe table, cutoff, version, the revision read); DatasetError on anything
-    unusable. The revision is resolved once, so the rows and the lineage the manifest records agree."""
+    """(Arrow table of the rows before the cutoff, recipe table, cutoff, version, the revision read);
+    DatasetError on anything unusable. The revision is resolved once, so the rows and the lineage the manifest records agree."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -119,7 +138,7 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int):
     recipes = pq.read_table(f"{path.rstrip('/')}/{names.DATASET_RECIPES_FILE}", filesystem=fs)
     revision = {"dataset_revision": content["revision"], "dataset_revision_uri": content["uri"],
                 "dataset_digest": content["digest"]}
-    return table.to_pylist(), recipes, cutoff, version, revision
+    return table, recipes, cutoff, version, revision
 
 
 def write_manifest(directory: Path, content: dict) -> dict:
@@ -144,86 +163,200 @@ def _dataset_reference(uri: str, version: str, digest: str = ""):
                        digest=(digest or content_digest(uri, names.DATASET_TRAINING_FILE))[:16])
 
 
-def _device(requested: str) -> str:
+def accelerator_for(args: argparse.Namespace):
+    """Accelerate's Accelerator for the device and precision asked for; under torchrun it joins the
+    process group (NCCL on GPUs, gloo on CPU)."""
     import torch
+    from accelerate import Accelerator
 
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but this machine has no CUDA device")
+    cpu = args.device == "cpu" or not torch.cuda.is_available()
+    precision = args.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "fp32"
+    return Accelerator(cpu=cpu, mixed_precision="no" if precision == "fp32" else precision), precision
 
 
 def model_uri(args: argparse.Namespace) -> str:
     return storage.join(args.output_root, args.training_run_id)
 
 
-def train(args: argparse.Namespace) -> dict:
+def checkpoint_store(args: argparse.Namespace):
+    from include.training.checkpoints import CheckpointStore, default_checkpoint_root
+
+    return CheckpointStore(args.checkpoint_root or default_checkpoint_root(args.output_root), args.training_run_id)
+
+
+def hyperparameters(args: argparse.Namespace, device: str, precision: str, world_size: int) -> dict:
+    return {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+            "seed": args.seed, "max_rows": args.max_rows, "holdout_days": args.holdout_days,
+            "val_share": args.val_share, "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
+            "base_model": args.base_model, "device": device, "shuffle_labels": args.shuffle_labels,
+            "mixed_precision": precision, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "early_stopping_patience": args.early_stopping_patience, "world_size": world_size}
+
+
+def start_tracking(store, args: argparse.Namespace, tags: dict):
+    """The MLflow run of this training: the one `run.json` names when an earlier attempt started it
+    (continued, so it does not stay RUNNING), else a new one, recorded at once."""
+    import mlflow
+
+    from include.core.tracking import ensure_experiment
+
+    record = store.read_run()
+    if record:
+        try:
+            mlflow.MlflowClient().get_run(record["mlflow_run_id"])
+        except mlflow.exceptions.MlflowException:
+            record = None
+    if record:
+        log.info("continuing MLflow run %s of an earlier attempt", record["mlflow_run_id"])
+        run = mlflow.start_run(run_id=record["mlflow_run_id"])
+    else:
+        run = mlflow.start_run(experiment_id=ensure_experiment(names.EXPERIMENT_TRAINING),
+                               run_name=args.training_run_id)
+        store.write_run({"mlflow_run_id": run.info.run_id, "training_run_id": args.training_run_id})
+    mlflow.set_tags(tags)
+    return run
+
+
+def log_missing_epochs(run_id: str, history: list[dict]) -> None:
+    """Log each epoch of `history` that the run lacks (step = epoch), so a resume logs none twice."""
+    import mlflow
+
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_auc")}
+    for epoch, metrics in enumerate(history):
+        if epoch not in logged:
+            mlflow.log_metrics(metrics, step=epoch)
+            log.info("epoch %d: %s", epoch, metrics)
+
+
+def train(args: argparse.Namespace) -> dict | None:
+    """Train (or resume) and publish; the result on the main process, None on the others."""
     import mlflow
     import pyarrow.parquet as pq
     import torch
 
-    from include.core.tracking import ensure_experiment
     from include.training import modeling
+    from include.training.loop import LoopSettings, Trainer, selection
 
-    rows, recipe_table, cutoff, version, revision = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
-    examples = examples_from_rows(rows, recipe_index(recipe_table.to_pylist()))
-    train_set, val_set = split_by_household(examples, args.val_share, args.seed)
+    accelerator, precision = accelerator_for(args)
+    table, recipe_table, cutoff, version, revision = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
+    examples = example_columns(table, recipe_index(recipe_table.to_pylist()), args.val_share, args.seed)
+    del table
+    train_set, val_set = split_columns(examples)
+    del examples
     if args.shuffle_labels:
-        train_set = shuffled_labels(train_set, args.seed)
-    if not train_set or not val_set or len({e.label for e in val_set}) < 2:
+        train_set = shuffled_label_columns(train_set, args.seed)
+    if not len(train_set) or not len(val_set) or len(set(val_set.labels.tolist())) < 2:
         raise DatasetError(f"dataset {args.dataset_uri}: too few rows to train and validate "
                            f"({len(train_set)} train / {len(val_set)} validation examples)")
     modeling.seed_everything(args.seed)
-    device = _device(args.device)
     tokenizer = None
     if args.base_model == modeling.TINY:
-        tokenizer = modeling.train_tokenizer([e.context for e in train_set] + [e.meal for e in train_set])
+        tokenizer = modeling.train_tokenizer(text for chunk in train_set.text_chunks() for texts in chunk
+                                             for text in texts)
     lora = {"r": args.lora_r, "alpha": args.lora_alpha} if args.lora else None
     model, tokenizer = modeling.build_model(args.base_model, tokenizer, lora)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     encoded_train, encoded_val = modeling.encode(tokenizer, train_set), modeling.encode(tokenizer, val_set)
     baseline = modeling.keep_rate_baseline(train_set, val_set)
-    hyper = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-             "seed": args.seed, "max_rows": args.max_rows, "holdout_days": args.holdout_days,
-             "val_share": args.val_share, "lora": args.lora, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
-             "base_model": args.base_model, "device": device,
-             "shuffle_labels": args.shuffle_labels}
-
+    device = accelerator.device.type
+    hyper = hyperparameters(args, device, precision, accelerator.num_processes)
     airflow = {key: value for key, value in (("airflow_dag_id", args.airflow_dag_id),
                                              ("airflow_run_id", args.airflow_run_id)) if value}
-    final_uri = model_uri(args)
-    staging = storage.new_staging_dir(final_uri)
+    store = checkpoint_store(args)
+    scratch = Path(tempfile.gettempdir()) / f"planner-train-{args.training_run_id}"
+    if accelerator.is_main_process:
+        scratch.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    settings = LoopSettings(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                            seed=args.seed, pad_id=tokenizer.pad_token_id,
+                            gradient_accumulation_steps=args.gradient_accumulation_steps,
+                            checkpoint_steps=args.checkpoint_steps,
+                            early_stopping_patience=args.early_stopping_patience)
+    fingerprint = {**hyper, "training_run_id": args.training_run_id, "dataset_digest": revision["dataset_digest"],
+                   "dataset_revision": revision["dataset_revision"], "train_examples": len(train_set)}
+    fingerprint.pop("device")
+    trainer = Trainer(accelerator, model, encoded_train, encoded_val, settings, store, scratch, fingerprint)
+    main_process = accelerator.is_main_process
+    trainer.check_resumable()
+    run = None
     try:
-        experiment_id = ensure_experiment(names.EXPERIMENT_TRAINING)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=args.training_run_id) as run:
-            mlflow.set_tags({"training_run_id": args.training_run_id, "dataset_version": version,
-                             "dataset_uri": args.dataset_uri, **revision, **airflow})
-            mlflow.log_input(_dataset_reference(args.dataset_uri, version, revision["dataset_digest"]),
-                             context="training")
+        if main_process:
+            run = start_tracking(store, args, {"training_run_id": args.training_run_id, "dataset_version": version,
+                                               "dataset_uri": args.dataset_uri, **revision, **airflow})
+            if not mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs:  # once per run
+                mlflow.log_input(_dataset_reference(args.dataset_uri, version, revision["dataset_digest"]),
+                                 context="training")
             mlflow.log_params({**hyper, "dataset_version": version, "training_cutoff": cutoff.isoformat(),
                                "train_examples": len(train_set), "val_examples": len(val_set)})
             mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
-            history = modeling.fit(
-                model, encoded_train, encoded_val, epochs=args.epochs, learning_rate=args.learning_rate,
-                batch_size=args.batch_size, seed=args.seed, pad_id=tokenizer.pad_token_id, device=device,
-                on_epoch=lambda epoch, metrics: (mlflow.log_metrics(metrics, step=epoch),
-                                                 log.info("epoch %d: %s", epoch, metrics)))
-            final = {**history.epochs[-1], **baseline, "train_examples_per_s": history.train_examples_per_s}
-            mlflow.log_metric("train_examples_per_s", history.train_examples_per_s)
-            if args.lora:
-                model = model.merge_and_unload()
+        resumed = trainer.resume()
+        if main_process and resumed:
+            log_missing_epochs(run.info.run_id, trainer.progress.history)
+        progress = trainer.fit(on_epoch=lambda epoch, metrics: log_missing_epochs(
+            run.info.run_id, trainer.progress.history))
+        accelerator.wait_for_everyone()
+        if not main_process:
+            return None
+        chosen = selection(progress, settings)
+        best = progress.history[progress.best_epoch]
+        final = {**best, **baseline, "best_epoch": progress.best_epoch,
+                 "train_examples_per_s": trainer.examples_per_second}
+        mlflow.log_metrics({"train_examples_per_s": trainer.examples_per_second, "best_epoch": progress.best_epoch,
+                            "best_val_auc": progress.best_val_auc, "epochs_run": len(progress.history)})
+        mlflow.set_tags({"best_epoch": str(progress.best_epoch), "selection": chosen["reason"]})
+        model = trainer.best_model()
+        if args.lora:
+            model = model.merge_and_unload()
+        final_uri = model_uri(args)
+        staging = storage.new_staging_dir(final_uri)
+        try:
             model.to("cpu").save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             pq.write_table(recipe_table, staging / names.MODEL_RECIPES_FILE)
             manifest = write_manifest(staging, {
                 "training_run_id": args.training_run_id, "mlflow_run_id": run.info.run_id,
-                "dataset_version": version, "dataset_uri": args.dataset_uri, **revision, "base_model": args.base_model,
-                "training_cutoff": cutoff.isoformat(), "hyperparameters": hyper, "final_metrics": final,
+                "dataset_version": version, "dataset_uri": args.dataset_uri, **revision,
+                "base_model": args.base_model, "training_cutoff": cutoff.isoformat(), "hyperparameters": hyper,
+                "final_metrics": final, "epoch_metrics": progress.history, "selection": chosen,
+                "world_size": accelerator.num_processes, "resumed_from": progress.resumed_from,
                 "torch_version": torch.__version__, **airflow})
             mlflow.log_dict(manifest, names.MODEL_MANIFEST_FILE)
-    except BaseException:
-        storage.discard_staging(staging)
-        raise
-    storage.publish_dir(staging, final_uri)
-    return {"model_uri": final_uri, **manifest}
+            storage.publish_dir(staging, final_uri)
+        except BaseException:
+            storage.discard_staging(staging)
+            raise
+        if not args.keep_checkpoints:
+            store.remove_all()
+        return {"model_uri": final_uri, **manifest}
+    finally:
+        if run is not None:
+            mlflow.end_run("FINISHED" if sys.exc_info()[0] is None else "FAILED")
+        if main_process:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def finish_published(args: argparse.Namespace) -> None:
+    """The model is already published (a retry after publication): close what an attempt killed
+    after publishing left, i.e. its checkpoints and a run still RUNNING."""
+    import mlflow
+
+    store = checkpoint_store(args)
+    record = store.read_run()
+    if record:
+        try:
+            client = mlflow.MlflowClient()
+            if client.get_run(record["mlflow_run_id"]).info.status == "RUNNING":
+                client.set_terminated(record["mlflow_run_id"], "FINISHED")
+        except mlflow.exceptions.MlflowException as exc:
+            log.warning("could not close MLflow run %s: %s", record["mlflow_run_id"], exc)
+    if not args.keep_checkpoints:
+        store.remove_all()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,17 +369,29 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     final_uri = model_uri(args)
     if storage.is_complete(final_uri):
+        if _is_main_process():
+            finish_published(args)
         print(f"{final_uri} is already complete: nothing to train (a retry of a finished run)")
         return 0
+    from include.training.loop import CheckpointMismatch
+
     try:
         result = train(args)
-    except DatasetError as exc:
+    except (DatasetError, CheckpointMismatch) as exc:
         print(f"planner-train: bad input: {exc}", file=sys.stderr)
         return 2
-    metrics = result["final_metrics"]
-    print(f"trained {args.training_run_id}: val_auc {metrics['val_auc']:.4f} (baseline "
-          f"{metrics['baseline_val_auc']:.4f}); published {result['model_uri']}")
+    if result is None:
+        return 0  # not the main process: it published nothing
+    metrics, chosen = result["final_metrics"], result["selection"]
+    print(f"trained {args.training_run_id}: val_auc {metrics['val_auc']:.4f} at epoch {chosen['best_epoch']} "
+          f"({chosen['reason']}; baseline {metrics['baseline_val_auc']:.4f}); published {result['model_uri']}")
     return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

@@ -75,3 +75,90 @@ def shuffled_labels(examples: list[Example], seed: int) -> list[Example]:
     labels = [e.label for e in examples]
     random.Random(seed).shuffle(labels)
     return [replace(e, label=label) for e, label in zip(examples, labels)]
+
+
+@dataclass
+class ExampleColumns:
+    """The examples of a dataset, column-wise: texts in Arrow string arrays (one buffer each, no
+    Python object per example), labels and the validation split in NumPy. Memory is about the
+    size of the texts, so it holds at a million rows where a list of `Example`s does not."""
+
+    contexts: object        # pyarrow.ChunkedArray of str
+    meals: object           # pyarrow.ChunkedArray of str
+    recipe_ids: object      # pyarrow.ChunkedArray of str
+    labels: object          # numpy int64
+    is_validation: object   # numpy bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, mask) -> ExampleColumns:
+        import numpy as np
+        import pyarrow as pa
+
+        index = pa.array(np.flatnonzero(mask))
+        return ExampleColumns(self.contexts.take(index), self.meals.take(index), self.recipe_ids.take(index),
+                              self.labels[mask], self.is_validation[mask])
+
+    def text_chunks(self, size: int = 8192):
+        """(contexts, meals) as lists of at most `size` strings each, in example order."""
+        for start in range(0, len(self), size):
+            yield (self.contexts.slice(start, size).to_pylist(), self.meals.slice(start, size).to_pylist())
+
+
+def example_columns(table, recipes: dict[str, dict], val_share: float, seed: int,
+                    batch_rows: int = 2048) -> ExampleColumns:
+    """`examples_from_rows` over an Arrow table, one record batch at a time (same examples, same
+    order), with each example's side of the household split."""
+    import numpy as np
+    import pyarrow as pa
+
+    if not 0 < val_share < 1:
+        raise DatasetError(f"val_share must lie in (0, 1), got {val_share}")
+    contexts, meals, recipe_ids, labels, validation = [], [], [], [], []
+    split: dict[str, bool] = {}
+    for batch in table.select(["plan_id", "household_id", "input", "target"]).to_batches(max_chunksize=batch_rows):
+        columns = batch.to_pydict()
+        batch_contexts, batch_meals, batch_recipes, batch_labels, batch_validation = [], [], [], [], []
+        for plan_id, household_id, row_input, row_target in zip(
+                columns["plan_id"], columns["household_id"], columns["input"], columns["target"]):
+            context, proposed = proposed_meals(row_input)
+            ctx = context_text(context)
+            if household_id not in split:
+                split[household_id] = is_validation_household(household_id, val_share, seed)
+            for meal, label in zip(proposed, kept_flags(proposed, row_target)):
+                recipe_id = meal["recipe_id"].lower()
+                recipe = recipes.get(recipe_id)
+                if recipe is None:
+                    raise DatasetError(f"plan {plan_id}: recipe {meal['recipe_id']} is not in recipes.parquet")
+                batch_contexts.append(ctx)
+                batch_meals.append(meal_text(recipe, context))
+                batch_recipes.append(recipe_id)
+                batch_labels.append(label)
+                batch_validation.append(split[household_id])
+        contexts.append(pa.array(batch_contexts, pa.string()))
+        meals.append(pa.array(batch_meals, pa.string()))
+        recipe_ids.append(pa.array(batch_recipes, pa.string()))
+        labels.append(np.asarray(batch_labels, dtype=np.int64))
+        validation.append(np.asarray(batch_validation, dtype=bool))
+    return ExampleColumns(pa.chunked_array(contexts, pa.string()), pa.chunked_array(meals, pa.string()),
+                          pa.chunked_array(recipe_ids, pa.string()),
+                          np.concatenate(labels) if labels else np.zeros(0, np.int64),
+                          np.concatenate(validation) if validation else np.zeros(0, bool))
+
+
+def split_columns(examples: ExampleColumns) -> tuple[ExampleColumns, ExampleColumns]:
+    """(training, validation) examples: a household is on one side only."""
+    return examples.take(~examples.is_validation), examples.take(examples.is_validation)
+
+
+def shuffled_label_columns(examples: ExampleColumns, seed: int) -> ExampleColumns:
+    """The same examples with their labels permuted (the negative control of `shuffled_labels`)."""
+    import random
+    from dataclasses import replace
+
+    import numpy as np
+
+    labels = examples.labels.tolist()
+    random.Random(seed).shuffle(labels)
+    return replace(examples, labels=np.asarray(labels, dtype=np.int64))

@@ -10,10 +10,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-
-from include.training.examples import Example
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 MAX_LENGTH = 160
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -93,32 +91,67 @@ def build_model(base_model: str, tokenizer, lora: dict | None = None):
 
 @dataclass
 class Encoded:
-    input_ids: list[list[int]]
-    labels: list[int]
+    """Token ids of every example, ragged: example i is `tokens[offsets[i]:offsets[i + 1]]`
+    (int32 in one array, so memory is about four bytes a token, not a Python list per example)."""
+
+    tokens: object   # numpy int32
+    offsets: object  # numpy int64, one more than the examples
+    labels: object   # numpy int64
     seconds: float = 0.0
 
+    def __len__(self) -> int:
+        return len(self.labels)
 
-def encode(tokenizer, examples: list[Example]) -> Encoded:
+    def head(self, count: int) -> Encoded:
+        return Encoded(self.tokens[:self.offsets[count]], self.offsets[:count + 1], self.labels[:count])
+
+
+def encode(tokenizer, examples, chunk: int = 8192) -> Encoded:
+    """Tokenize `ExampleColumns` chunk by chunk into an `Encoded`."""
+    import numpy as np
+
     started = time.perf_counter()
-    batch = tokenizer([e.context for e in examples], [e.meal for e in examples], truncation="only_first",
-                      max_length=MAX_LENGTH)
-    return Encoded(batch["input_ids"], [e.label for e in examples], time.perf_counter() - started)
+    tokens, lengths = [], []
+    for contexts, meals in examples.text_chunks(chunk):
+        ids = tokenizer(contexts, meals, truncation="only_first", max_length=MAX_LENGTH,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths.append(np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)))
+        tokens.append(np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(lengths[-1].sum())))
+    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    return Encoded(np.concatenate(tokens) if tokens else np.zeros(0, np.int32), offsets,
+                   np.asarray(examples.labels, dtype=np.int64), time.perf_counter() - started)
+
+
+def collate(encoded: Encoded, index, pad_id: int):
+    """(input_ids, attention_mask, labels) tensors of the examples `index`, padded to the longest."""
+    import numpy as np
+    import torch
+
+    index = np.asarray(index, dtype=np.int64)
+    starts, ends = encoded.offsets[index], encoded.offsets[index + 1]
+    ids = np.full((len(index), int((ends - starts).max())), pad_id, dtype=np.int64)
+    for row, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+        ids[row, :end - start] = encoded.tokens[start:end]
+    ids = torch.from_numpy(ids)
+    return ids, (ids != pad_id).long(), torch.from_numpy(encoded.labels[index])
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: the same for a seed and an epoch, whatever the processes."""
+    order = list(range(count))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return order
 
 
 def batches(encoded: Encoded, batch_size: int, pad_id: int, shuffle_seed: int | None = None):
     """(input_ids, attention_mask, labels) tensors, padded to the longest in each batch."""
-    import torch
-
-    order = list(range(len(encoded.labels)))
+    order = list(range(len(encoded)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        width = max(len(encoded.input_ids[i]) for i in index)
-        ids = torch.full((len(index), width), pad_id, dtype=torch.long)
-        for row, i in enumerate(index):
-            ids[row, :len(encoded.input_ids[i])] = torch.tensor(encoded.input_ids[i])
-        yield ids, (ids != pad_id).long(), torch.tensor([encoded.labels[i] for i in index])
+        yield collate(encoded, order[start:start + batch_size], pad_id)
 
 
 def roc_auc(labels: list[int], scores: list[float]) -> float:
@@ -147,67 +180,30 @@ def classification_metrics(labels: list[int], probabilities: list[float]) -> dic
     return {"loss": loss, "accuracy": accuracy, "auc": roc_auc(labels, probabilities)}
 
 
-def predict_proba(model, encoded: Encoded, batch_size: int, pad_id: int, device: str) -> list[float]:
+def predict_proba(model, encoded: Encoded, batch_size: int, pad_id: int, device, index=None) -> list[float]:
+    """P(kept) of the examples `index` (default: all), in that order."""
     import torch
 
+    index = list(range(len(encoded))) if index is None else list(index)
     model.eval()
     out: list[float] = []
     with torch.no_grad():
-        for ids, mask, _ in batches(encoded, batch_size, pad_id):
+        for start in range(0, len(index), batch_size):
+            ids, mask, _ = collate(encoded, index[start:start + batch_size], pad_id)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out += torch.softmax(logits, dim=-1)[:, 1].cpu().tolist()
+            out += torch.softmax(logits.float(), dim=-1)[:, 1].cpu().tolist()
     return out
 
 
-@dataclass
-class History:
-    epochs: list[dict] = field(default_factory=list)
-    train_examples_per_s: float = 0.0
-
-
-def fit(model, train: Encoded, val: Encoded, *, epochs: int, learning_rate: float, batch_size: int, seed: int,
-        pad_id: int, device: str, on_epoch: Callable[[int, dict], None] | None = None) -> History:
-    """AdamW with linear warm-up/decay; after each epoch, validation metrics go to `on_epoch`."""
-    import torch
-
-    model.to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
-                                  weight_decay=0.01)
-    steps = epochs * math.ceil(len(train.labels) / batch_size)
-    warmup = max(1, steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
-    history, seen, busy = History(), 0, 0.0
-    for epoch in range(epochs):
-        model.train()
-        total, count, started = 0.0, 0, time.perf_counter()
-        for ids, mask, labels in batches(train, batch_size, pad_id, shuffle_seed=seed * 1000 + epoch):
-            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(labels)
-            count += len(labels)
-        busy += time.perf_counter() - started
-        seen += count
-        val_metrics = classification_metrics(val.labels, predict_proba(model, val, batch_size * 4, pad_id, device))
-        metrics = {"train_loss": total / count, "val_loss": val_metrics["loss"],
-                   "val_accuracy": val_metrics["accuracy"], "val_auc": val_metrics["auc"]}
-        history.epochs.append(metrics)
-        if on_epoch:
-            on_epoch(epoch, metrics)
-    history.train_examples_per_s = seen / busy if busy else 0.0
-    return history
-
-
-def keep_rate_baseline(train: list[Example], val: list[Example]) -> dict:
-    """The trivial floor: each recipe's keep rate in training (smoothed towards the mean)."""
-    prior = sum(e.label for e in train) / len(train)
+def keep_rate_baseline(train, val) -> dict:
+    """The trivial floor: each recipe's keep rate in training (smoothed towards the mean).
+    `train` and `val` are `ExampleColumns`."""
+    prior = float(train.labels.mean())
     kept: dict[str, list[int]] = {}
-    for e in train:
-        kept.setdefault(e.recipe_id, []).append(e.label)
-    rate = {r: (sum(v) + 5 * prior) / (len(v) + 5) for r, v in kept.items()}
-    metrics = classification_metrics([e.label for e in val], [rate.get(e.recipe_id, prior) for e in val])
+    for recipe_id, label in zip(train.recipe_ids.to_pylist(), train.labels.tolist()):
+        counts = kept.setdefault(recipe_id, [0, 0])
+        counts[0] += label
+        counts[1] += 1
+    rate = {r: (k + 5 * prior) / (n + 5) for r, (k, n) in kept.items()}
+    metrics = classification_metrics(val.labels.tolist(), [rate.get(r, prior) for r in val.recipe_ids.to_pylist()])
     return {f"baseline_val_{k}": v for k, v in metrics.items()}

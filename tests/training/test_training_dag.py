@@ -14,6 +14,7 @@ from include.training.backends import (
     databricks_argv,
     kubernetes_pod_kwargs,
     pick_dataset_version,
+    pod_command,
     trainer_argv,
     trainer_options,
 )
@@ -43,22 +44,58 @@ def test_the_gpu_pod_renders_with_limits_placement_secret_and_the_console_script
     assert dag_task.on_finish_action.value == "delete_succeeded_pod" and dag_task.get_logs is True
     assert dag_task.execution_timeout.total_seconds() == 12 * 3600
 
-    operator = KubernetesPodOperator(task_id="train_kubernetes", arguments=trainer_argv(OPTIONS),
+    operator = KubernetesPodOperator(task_id="train_kubernetes", cmds=pod_command(1), arguments=trainer_argv(OPTIONS),
                                      **kubernetes_pod_kwargs(settings))
-    operator.render_template_fields({"params": {"gpu_count": 2, "image": "registry.internal/planner-trainer:7"}})
+    operator.render_template_fields({"params": {"gpu_count": 1, "image": "registry.internal/planner-trainer:7"}})
     pod = operator.build_pod_request_obj(dry_run=True)  # offline: no cluster is asked anything
 
     container = pod.spec.containers[0]
     assert container.image == "registry.internal/planner-trainer:7" and container.command == ["planner-train"]
     assert training_dag.params["image"] == settings.image  # the form defaults to the configured image
     assert container.args == trainer_argv(OPTIONS)
-    assert container.resources.limits["nvidia.com/gpu"] == "2"
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
     assert pod.spec.node_selector == settings.gpu_node_selector
     assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
     assert [e.secret_ref.name for e in container.env_from] == [settings.secret_name]
     assert {e.name: e.value for e in container.env}["HF_HUB_OFFLINE"] == "1"
     assert not any(e.name.startswith(("AWS_", "MLFLOW_TRACKING")) for e in container.env), "secrets belong in the Secret"
     assert pod.metadata.namespace == settings.namespace
+
+
+def test_a_pod_of_four_gpus_runs_one_training_process_per_gpu_with_a_memory_backed_shm(training_dag):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    settings = training_settings()
+    operator = KubernetesPodOperator(task_id="train_kubernetes", cmds=pod_command(4), arguments=trainer_argv(OPTIONS),
+                                     **kubernetes_pod_kwargs(settings))
+    operator.render_template_fields({"params": {"gpu_count": 4, "image": "registry.internal/planner-trainer:7"}})
+    pod = operator.build_pod_request_obj(dry_run=True)
+
+    container = pod.spec.containers[0]
+    assert container.command == ["torchrun", "--standalone", "--nproc_per_node=4", "--no-python", "planner-train"]
+    assert container.args == trainer_argv(OPTIONS)
+    assert container.resources.limits["nvidia.com/gpu"] == "4"
+    (shm,) = [v for v in pod.spec.volumes if v.name == "dshm"]
+    assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == settings.shm_size
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("dshm", "/dev/shm")]
+    # and the DAG hands the pod that command: resolve_inputs' "command" is the operator's cmds
+    assert training_dag.get_task("train_kubernetes").cmds.key == "command"
+
+
+def test_the_scale_params_reach_the_trainer_on_every_backend(training_dag):
+    from include.training.backends import SCALE_DEFAULTS, databricks_argv
+
+    for name, default in SCALE_DEFAULTS.items():
+        assert training_dag.params[name] == default, name  # the form's defaults are the trainer's
+    params = {**PARAMS, "mixed_precision": "bf16", "gradient_accumulation_steps": 4, "gradient_checkpointing": True,
+              "early_stopping_patience": 2, "checkpoint_steps": 50, "keep_checkpoints": True}
+    options = trainer_options("s3://b/datasets/planner/2026-11-23", "s3://b/models/planner_acceptance", RUN_ID, params,
+                              checkpoint_root="s3://b/checkpoints")
+    for argv in (trainer_argv(options), databricks_argv(options)):
+        args = cli.parse_args(argv)
+        assert (args.mixed_precision, args.gradient_accumulation_steps, args.gradient_checkpointing,
+                args.early_stopping_patience, args.checkpoint_steps, args.keep_checkpoints,
+                args.checkpoint_root) == ("bf16", 4, True, 2, 50, True, "s3://b/checkpoints")
 
 
 def test_the_databricks_payload_is_the_wheel_task_with_exactly_the_trainer_options(training_dag, databricks_try):

@@ -1,0 +1,186 @@
+"""Checkpoints, resume and the best epoch, on a real published dataset and a real MLflow store.
+
+Given a training killed with SIGKILL after its first checkpoint, when it is started again with
+the same training run id, then it resumes from that checkpoint, logs into the same MLflow run
+(FINISHED, each epoch once) and publishes the weights an uninterrupted run publishes. Given a
+run whose last epoch is worse, the published weights are the best epoch's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from include.core import names
+from include.training import cli
+from include.training.checkpoints import COMPLETE_MARKER, CheckpointStore, default_checkpoint_root
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RESUMABLE = ["--epochs", "3", "--max-rows", "600", "--batch-size", "16", "--seed", "3"]
+
+
+def _argv(dataset: str, out: str, run_id: str, *extra: str) -> list[str]:
+    return ["--dataset-uri", dataset, "--output-root", out, "--training-run-id", run_id, *extra]
+
+
+def _manifest(model_dir: Path) -> dict:
+    return json.loads((model_dir / names.MODEL_MANIFEST_FILE).read_text())
+
+
+def _client():
+    """A client of this test's store (an earlier test's in-process training set another as current)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+
+
+def _runs_of(training_run_id: str):
+    experiment = _client().get_experiment_by_name(names.EXPERIMENT_TRAINING)
+    return _client().search_runs([experiment.experiment_id], f"tags.training_run_id = '{training_run_id}'")
+
+
+def _kill_after_first_checkpoint(argv: list[str], checkpoints: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "include.training.cli", *argv], cwd=PROJECT_ROOT,
+                               env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob(f"step-*/{COMPLETE_MARKER}")):
+        assert process.poll() is None, "the trainer ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_a_killed_training_resumes_into_the_same_run_and_publishes_what_an_uninterrupted_one_does(
+        published_dataset, tmp_path, fresh_mlflow):
+    out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
+    straight, killed = "planner_acceptance-v20261123_000201", "planner_acceptance-v20261123_000202"
+    assert cli.main(_argv(published_dataset, str(out), straight, *RESUMABLE)) == 0
+
+    checkpoints = Path(default_checkpoint_root(str(out))) / killed
+    _kill_after_first_checkpoint(_argv(published_dataset, str(out), killed, *RESUMABLE), checkpoints)
+    assert not (out / killed).exists()
+    (first,) = CheckpointStore(str(checkpoints.parent), killed).complete()[:1]
+    assert _client().get_run(_runs_of(killed)[0].info.run_id).info.status == "RUNNING"
+
+    assert cli.main(_argv(published_dataset, str(out), killed, *RESUMABLE)) == 0
+
+    manifest = _manifest(out / killed)
+    assert manifest["resumed_from"] and manifest["resumed_from"][0] >= first
+    runs = _runs_of(killed)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert manifest["mlflow_run_id"] == runs[0].info.run_id
+    steps = [m.step for m in _client().get_metric_history(runs[0].info.run_id, "val_auc")]
+    assert steps == [0, 1, 2]
+    assert manifest["files"]["model.safetensors"] == _manifest(out / straight)["files"]["model.safetensors"]
+    assert [e["val_auc"] for e in manifest["epoch_metrics"]] == [
+        e["val_auc"] for e in _manifest(out / straight)["epoch_metrics"]]
+    assert not checkpoints.exists()  # removed once the model is published
+
+
+def test_the_published_weights_are_the_best_epochs_and_early_stopping_says_why(published_dataset, tmp_path,
+                                                                            fresh_mlflow):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
+    run_id = "planner_acceptance-v20261123_000210"
+    # a setting whose validation AUC peaks early (measured: epochs 0.54, 0.60, 0.55, 0.58, 0.57)
+    assert cli.main(_argv(published_dataset, str(out), run_id, "--epochs", "5", "--max-rows", "200",
+                          "--batch-size", "32", "--learning-rate", "0.003", "--early-stopping-patience", "2",
+                          "--keep-checkpoints")) == 0
+    manifest = _manifest(out / run_id)
+    aucs = [e["val_auc"] for e in manifest["epoch_metrics"]]
+    best = max(range(len(aucs)), key=aucs.__getitem__)
+    assert aucs[-1] < aucs[best], f"the setting no longer makes a later epoch worse: {aucs}"
+    chosen = manifest["selection"]
+    assert chosen["best_epoch"] == best == manifest["final_metrics"]["best_epoch"]
+    assert manifest["final_metrics"]["val_auc"] == aucs[best]
+    assert chosen["stopped_early"] and chosen["epochs_run"] == best + 3 < 5 and "stopped early" in chosen["reason"]
+    run = _client().get_run(manifest["mlflow_run_id"])
+    assert run.data.tags["best_epoch"] == str(best) and run.data.metrics["best_val_auc"] == aucs[best]
+
+    # the published directory scores the validation set as the best epoch did, not as the last one
+    store = CheckpointStore(default_checkpoint_root(str(out)), run_id)
+    assert len(store.complete()) == 2  # --keep-checkpoints: the best epoch's and the newest
+    from include.core.features import recipe_index
+    from include.training.examples import example_columns, split_columns
+    from include.training.modeling import classification_metrics, encode, predict_proba
+
+    table, recipes, *_ = cli.load_dataset(published_dataset, 7, 200)
+    _, val = split_columns(example_columns(table, recipe_index(recipes.to_pylist()), 0.2, 7))
+    model = AutoModelForSequenceClassification.from_pretrained(out / run_id)
+    tokenizer = AutoTokenizer.from_pretrained(out / run_id)
+    with torch.no_grad():
+        scored = predict_proba(model, encode(tokenizer, val), 128, tokenizer.pad_token_id, "cpu")
+    assert classification_metrics(val.labels.tolist(), scored)["auc"] == pytest.approx(aucs[best], abs=1e-6)
+
+
+def test_a_checkpoint_without_its_marker_is_never_resumed_from(tmp_path):
+    store = CheckpointStore(str(tmp_path / "checkpoints"), "planner_acceptance-v20261123_000220")
+    for name, complete in (("step-000000010", True), ("step-000000020", False)):
+        directory = tmp_path / "local" / name
+        directory.mkdir(parents=True)
+        (directory / "progress.json").write_text("{}")
+        store.save(directory, name)
+        if not complete:  # the pod died while the upload ran: the marker comes last, so it is missing
+            (Path(store.path) / name / COMPLETE_MARKER).unlink()
+    assert store.newest() == "step-000000010"
+    store.prune({"step-000000010"})
+    assert sorted(p.name for p in Path(store.path).iterdir()) == ["step-000000010"]
+
+
+def test_checkpoints_from_other_settings_are_refused_with_the_reason(published_dataset, tmp_path, fresh_mlflow,
+                                                                      capsys):
+    import shutil
+
+    out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
+    run_id = "planner_acceptance-v20261123_000230"
+    small = ["--epochs", "1", "--max-rows", "200", "--batch-size", "32"]
+    assert cli.main(_argv(published_dataset, str(out), run_id, *small, "--keep-checkpoints")) == 0
+    shutil.rmtree(out / run_id)  # the model is gone but its checkpoints stay: a rerun would resume them
+
+    assert cli.main(_argv(published_dataset, str(out), run_id, *small, "--learning-rate", "0.01")) == 2
+    assert "written by a training with other settings" in capsys.readouterr().err
+    assert not (out / run_id).exists()
+
+
+def test_checkpoints_on_object_storage(published_dataset, s3_root, fresh_mlflow):
+    """The pod's case: model and checkpoints on S3; a kept checkpoint is complete there."""
+    from include.core import storage
+
+    out = storage.models_root(s3_root)
+    run_id = "planner_acceptance-v20261123_000240"
+    assert cli.main(_argv(published_dataset, out, run_id, "--epochs", "2", "--max-rows", "200", "--batch-size", "32",
+                          "--keep-checkpoints")) == 0
+    store = CheckpointStore(storage.join(s3_root, "checkpoints"), run_id)
+    assert len(store.complete()) >= 1 and store.read_run()["training_run_id"] == run_id
+    progress = store.read_progress(store.newest())
+    assert progress["progress"]["done"] and len(progress["progress"]["history"]) == 2
+    assert storage.is_complete(storage.join(out, run_id))
+
+
+def test_two_processes_under_torchrun_train_and_publish_one_model(published_dataset, tmp_path, fresh_mlflow):
+    """DDP on CPU (gloo): the exact launcher of the pod, two processes, one model, one MLflow run."""
+    from include.registration.artifacts import artifact_problems
+
+    out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
+    run_id = "planner_acceptance-v20261123_000250"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "include.training.cli",
+         *_argv(published_dataset, str(out), run_id, "--epochs", "2", "--max-rows", "300", "--batch-size", "16",
+                "--device", "cpu")],
+        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = _manifest(out / run_id)
+    assert manifest["world_size"] == 2 and manifest["hyperparameters"]["world_size"] == 2
+    assert artifact_problems(out / run_id) == []
+    assert len(_runs_of(run_id)) == 1
+    assert len(manifest["epoch_metrics"]) == 2
