@@ -4,8 +4,8 @@ in the same run, on the same database.
     make bench                      # or: python -m bench.dataset_build [--households 48000 --weeks 8] [--reuse]
 
 1. generator: events loaded per second (goal: 1M events well under a minute);
-2. extraction: our extraction stage (plan_id ranges in parallel, streamed to Parquet parts)
-   against a raw Arrow fetch of the same rows (ADBC fetch_arrow_table of the same statement
+2. extraction: our extraction stage (plan_id ranges in parallel, each streamed to its staged
+   part with its marker: what `planner_dataset`'s mapped `extract_range` tasks do) against a raw Arrow fetch of the same rows (ADBC fetch_arrow_table of the same statement
    on one connection): goal <= 1.5x; the raw fetch of the window's source events alone is
    printed too, to show what the pushed-down joins cost;
 3. the whole build (extract, as-of joins, rows, Parquet) in a child process, with its peak
@@ -31,12 +31,11 @@ from include.core.local_postgres import ensure_database
 from include.dataset.build import (
     arrow_connect,
     bind_settings,
-    extract_partition,
     extraction_session_settings,
     fetch_arrow,
     sql_text,
 )
-from include.dataset.window import partition_bounds, resolve_window
+from include.dataset.window import resolve_window
 from include.events import generate
 from include.events.db import connect
 
@@ -83,16 +82,15 @@ def raw_fetch_source_events(dsn: str) -> int:
 
 
 def our_extraction(dsn: str, parts: int) -> int:
+    """The mapped extract_range tasks' work, run concurrently here: one staged part per range."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import pyarrow.parquet as pq
+    from include.dataset import parts as ranges
 
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(parts) as pool:
-        futures = [pool.submit(extract_partition, dsn, WINDOW, low, high, Path(tmp)) for low, high in
-                   partition_bounds(parts)]
-        parts_written = [f.result() for f in futures]
-        return sum(pq.ParquetFile(p["rows"]).metadata.num_rows + pq.ParquetFile(p["quarantine"]).metadata.num_rows
-                   for p in parts_written)
+        specs = ranges.plan_ranges(WINDOW, parts, run_key="bench/extraction", staging_uri=str(Path(tmp) / "parts"))
+        parts_written = list(pool.map(lambda spec: ranges.extract_range(dsn, spec), specs))
+        return sum(p["rows"] + p["quarantined"] for p in parts_written)
 
 
 BUILD_CHILD = """

@@ -10,12 +10,15 @@ edits up to the acceptance.
 | task | what it does |
 |---|---|
 | `resolve_window` | turns the Params (or the run's time and the lateness allowance) into the window and version |
-| `build_validate_publish` | extracts (pushed down to PostgreSQL, plan_id ranges in parallel), writes the files, validates them with Great Expectations and the bad-share limit, then publishes it atomically as an immutable revision `rev-<digest>` of the version (`_SUCCESS` last; the same content again writes nothing, other content is a new revision beside the old ones, which never change). A failed validation publishes nothing and is not retried. |
+| `plan_ranges` | splits the plan_ids into `extract_ranges` contiguous ranges (fixed boundaries by leading hex digits: the same for every run) |
+| `extract_range` (mapped, one per range) | extracts its range (pushed down to PostgreSQL) into a part of its own staged on the storage root, `datasets/planner/_staging/<version>-<run token>/range-<i>-of-<n>/` (rows, quarantine, recipe ids, and a `_PART.json` marker last); a retry rewrites only its own part |
+| `assemble_validate_publish` | checks it has exactly this run's parts, each finished by its successful attempt, assembles them in plan_id order into the version's files, validates them with Great Expectations and the bad-share limit, then publishes it atomically as an immutable revision `rev-<digest>` of the version (`_SUCCESS` last; the same content again writes nothing, other content is a new revision beside the old ones, which never change), and removes the run's parts. A failed validation publishes nothing and is not retried; nothing is assembled unless every part succeeded. |
 | `log_dataset` | logs the version to MLflow (experiment `planner_dataset`) and emits the `planner.dataset` Asset that schedules training |
 
 Bad events (no plan_id, no meals, unknown recipe, no generation before the acceptance, no
 household state at the plan time) go to `quarantine.parquet` with their reason; the run fails
-only when their share exceeds `max_bad_share`. Re-running a version with the same events writes nothing (the same revision); other content becomes a new revision, and older revisions never change.
+only when their share exceeds `max_bad_share`. The number of ranges (`extract_ranges`) only
+spreads the work: the published bytes, so the revision, are the same for any number. Re-running a version with the same events writes nothing (the same revision); other content becomes a new revision, and older revisions never change.
 
 Runs weekly at Monday 00:00 UTC + `PLANNER_DATASET_LATENESS_HOURS` (default 6, so Mondays
 06:00 UTC; 0..72; `PLANNER_DATASET_SCHEDULE` overrides the cron, `none`: triggered only), and
@@ -64,6 +67,9 @@ DEFAULTS = settings()
         "max_bad_share": Param(DEFAULTS.max_bad_share, type="number", minimum=0, maximum=1,
                                title="Max bad share",
                                description="Largest share of quarantined candidates that still publishes."),
+        "extract_ranges": Param(4, type="integer", minimum=1, maximum=64, title="Extraction ranges",
+                                description="plan_id ranges extracted in parallel, one mapped task each (the "
+                                            "published content is the same for any number)."),
     },
 )
 def planner_dataset():
@@ -77,24 +83,39 @@ def planner_dataset():
         return window.resolve_window(params["end_date"], int(params["lookback_days"]), context["dag_run"].run_after,
                                      settings().dataset_lateness_hours).as_dict()
 
+    @task(retries=0)
+    def plan_ranges(window: dict) -> list[dict]:
+        """One spec per plan_id range, keyed by this DAG run (a cleared run reuses its own keys)."""
+        from include.dataset.parts import plan_ranges
+        from include.dataset.pipeline import window_from_params
+
+        context = get_current_context()
+        return plan_ranges(window_from_params(window["version"], window["lookback_days"], None),
+                           int(context["params"]["extract_ranges"]),
+                           run_key=f"{context['dag'].dag_id}/{context['run_id']}")
+
+    @task(execution_timeout=timedelta(hours=1), map_index_template="{{ range_label }}")
+    def extract_range(spec: dict) -> dict:
+        from include.dataset.parts import extract_range, range_label
+
+        context = get_current_context()
+        context["range_label"] = range_label(spec)
+        return extract_range(_events_dsn(), spec)
+
     @task(execution_timeout=timedelta(hours=1))
-    def build_validate_publish(window: dict) -> dict:
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
+    def assemble_validate_publish(window: dict, specs: list[dict], extracted) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.core.config import settings
-        from include.core.connections import libpq_uri_for_connection
-        from include.dataset.pipeline import DatasetValidationError, build_validate_publish, window_from_params
+        from include.dataset.parts import PartsError
+        from include.dataset.pipeline import DatasetValidationError, assemble_validate_publish, window_from_params
 
         params = get_current_context()["params"]
-        hook = PostgresHook(postgres_conn_id=names.EVENTS_CONN_ID)
-        dsn = libpq_uri_for_connection(hook.get_connection(names.EVENTS_CONN_ID))
         try:
-            published = build_validate_publish(
-                dsn, window_from_params(window["version"], window["lookback_days"], None),
-                max_bad_share=float(params["max_bad_share"]), parts=settings().extract_parallelism)
-        except DatasetValidationError as failure:
-            raise AirflowFailException(str(failure)) from failure  # same data, same verdict: no retry
+            published = assemble_validate_publish(
+                _events_dsn(), window_from_params(window["version"], window["lookback_days"], None), specs,
+                list(extracted), max_bad_share=float(params["max_bad_share"]))
+        except (DatasetValidationError, PartsError) as failure:
+            raise AirflowFailException(str(failure)) from failure  # same data or parts, same verdict: no retry
         return {k: published[k] for k in ("version", "uri", "rows", "counts", "revision", "digest")}
 
     @task(outlets=[DATASET_ASSET])
@@ -110,7 +131,18 @@ def planner_dataset():
         }
         return run_id
 
-    log_dataset(build_validate_publish(resolve_window()))
+    window = resolve_window()
+    specs = plan_ranges(window)
+    log_dataset(assemble_validate_publish(window, specs, extract_range.expand(spec=specs)))
+
+
+def _events_dsn() -> str:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from include.core.connections import libpq_uri_for_connection
+
+    return libpq_uri_for_connection(PostgresHook(postgres_conn_id=names.EVENTS_CONN_ID).get_connection(
+        names.EVENTS_CONN_ID))
 
 
 planner_dataset()

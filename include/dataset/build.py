@@ -2,14 +2,17 @@
 write Parquet, count, summarise. Validation and publication are separate steps.
 
 Extraction is one SQL statement per plan_id range (`sql/candidate_rows.sql`), fetched as
-Arrow through ADBC and run concurrently on separate connections; ranges are concatenated in
-order, so the rows come out sorted by plan_id whatever the number of ranges.
+Arrow through ADBC, each range into part files of its own (`include/dataset/parts.py`: in
+`planner_dataset` one mapped task per range, staged on the storage root; in `build_dataset`
+concurrently in-process). The parts are assembled in range order, so the rows come out sorted
+by plan_id, in row groups of `TRAINING_ROW_GROUP_ROWS` rows whatever the number of ranges.
 """
 from __future__ import annotations
 
 import functools
 import json
 import shutil
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -17,10 +20,13 @@ from pathlib import Path
 from include.core import names
 from include.dataset import schema
 from include.dataset.summary import render_summary
-from include.dataset.window import Window, partition_bounds
+from include.dataset.window import Window
 
 USED_EVENT_TYPES = ("plan_generated", "plan_accepted")
 ROW_GROUP_SIZE = 50_000
+# training.parquet's row groups: exactly this many rows each (the last fewer), whatever the ranges and
+# the driver's batches; small enough that assembling holds little more than one group in memory.
+TRAINING_ROW_GROUP_ROWS = 10_000
 
 
 def sql_text(name: str) -> str:
@@ -92,11 +98,13 @@ def _conform(table, fields):
     return pa.Table.from_arrays(columns, schema=target)
 
 
-def extract_partition(dsn: str, window: Window, low: str, high: str, part_dir: Path, rows_out=None) -> dict:
+def extract_partition(dsn: str, window: Window, low: str, high: str, part_dir: Path, rows_out=None,
+                      compression: str = "none") -> dict:
     """Stream one plan_id range into row and quarantine part files (bounded memory).
 
-    With `rows_out` (an open ParquetWriter) the training rows go there instead of a part file:
-    the first range writes straight into the version's file. Returns the part paths (rows:
+    With `rows_out` (an open ParquetWriter) the training rows go there instead of a part file.
+    `compression` is the rows part's (a local part is read once and rewritten: not worth
+    compressing; one that travels through object storage is). Returns the part paths (rows:
     None when written to `rows_out`) and the recipe ids the range's plans mention.
     """
     import contextlib
@@ -111,9 +119,9 @@ def extract_partition(dsn: str, window: Window, low: str, high: str, part_dir: P
     conn = arrow_connect(dsn)
     try:
         with conn.cursor() as cur, contextlib.ExitStack() as stack:
-            if rows_out is None:  # part files are read once and rewritten: not worth compressing
+            if rows_out is None:
                 rows_out = stack.enter_context(pq.ParquetWriter(
-                    rows_path, schema.arrow_schema(schema.TRAINING_FIELDS), compression="none"))
+                    rows_path, schema.arrow_schema(schema.TRAINING_FIELDS), compression=compression))
             quarantine_out = stack.enter_context(
                 pq.ParquetWriter(quarantine_path, schema.arrow_schema(schema.QUARANTINE_FIELDS)))
             bind_settings(conn, {**extraction_session_settings(),
@@ -188,14 +196,49 @@ def training_writer(destination: Path):
     return pq.ParquetWriter(destination, schema.arrow_schema(schema.TRAINING_FIELDS), compression="zstd")
 
 
+class RowGroups:
+    """Writes tables to an open writer in row groups of exactly `size` rows (the last one
+    smaller), each one contiguous chunk: the file's bytes depend on the rows alone, not on how
+    they arrived (ranges, driver batches). Checks plan_id order across everything written."""
+
+    def __init__(self, out, size: int = TRAINING_ROW_GROUP_ROWS):
+        self.out, self.size = out, size
+        self.pending: list = []
+        self.pending_rows = 0
+        self.last_plan_id: str | None = None
+
+    def add(self, table) -> None:
+        if not table.num_rows:
+            return
+        self.last_plan_id = _check_plan_id_order(table["plan_id"], self.last_plan_id)
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.size:
+            self._flush(self.size)
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+
+    def _flush(self, rows: int) -> None:
+        import pyarrow as pa
+
+        combined = pa.concat_tables(self.pending)
+        group, rest = combined.slice(0, rows).combine_chunks(), combined.slice(rows)
+        self.pending, self.pending_rows, combined = ([rest] if rest.num_rows else []), rest.num_rows, None
+        self.out.write_table(group, row_group_size=self.size)
+
+
 def append_parquet(parts: list[Path], out) -> None:
-    """Append part files in order to an open writer, one row group at a time."""
+    """Append part files in order to an open writer, in row groups of TRAINING_ROW_GROUP_ROWS rows."""
     import pyarrow.parquet as pq
 
+    groups = RowGroups(out)
     for part in parts:
         source = pq.ParquetFile(part)
         for index in range(source.num_row_groups):
-            out.write_table(source.read_row_group(index), row_group_size=ROW_GROUP_SIZE)
+            groups.add(source.read_row_group(index))
+    groups.close()
 
 
 def count_outcomes(n_rows: int, quarantine, window_counts: dict, max_bad_share: float) -> dict:
@@ -239,35 +282,18 @@ SUMMARY_COLUMNS = ["household_id", "accepted_at", "workflow_type", "mode", "poli
                    "has_previous_plan", "n_user_edits", "n_proposed_meals", "n_accepted_meals"]
 
 
-def build_dataset(dsn: str, window: Window, staging: Path, max_bad_share: float, parts: int = 2) -> dict:
-    """Write every data file of the version into `staging`; returns the counts.
-
-    plan_id ranges run concurrently, each on its own connection: the first streams into the
-    training file, the others into part files appended after it in range order (= plan_id
-    order). Validation decides
-    afterwards whether the version may be published.
-    """
+def write_version_files(dsn: str, window: Window, staging: Path, max_bad_share: float, rows_parts: list[Path],
+                        quarantine_parts: list[Path], recipe_ids: set[str], window_counts: dict) -> dict:
+    """Every data file of the version from its parts (in plan_id order) into `staging`; the counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    part_dir = staging / "_parts"
-    part_dir.mkdir()
     with training_writer(staging / names.DATASET_TRAINING_FILE) as training_out:
-        with ThreadPoolExecutor(max_workers=parts + 1) as pool:
-            counts_future = pool.submit(fetch_window_counts, dsn, window)
-            futures = [pool.submit(extract_partition, dsn, window, low, high, part_dir,
-                                   training_out if index == 0 else None)
-                       for index, (low, high) in enumerate(partition_bounds(parts))]
-            extracted = [future.result() for future in futures]
-            window_counts = counts_future.result()
-        append_parquet([e["rows"] for e in extracted[1:]], training_out)
-
-    quarantine = pa.concat_tables([pq.read_table(e["quarantine"]) for e in extracted])
-    quarantine = quarantine.sort_by([("reject_reason", "ascending"), ("event_id", "ascending")])
+        append_parquet(rows_parts, training_out)
+    quarantine = pa.concat_tables([pq.read_table(part) for part in quarantine_parts])
+    quarantine = quarantine.sort_by([("reject_reason", "ascending"), ("event_id", "ascending")]).combine_chunks()
     write_parquet(quarantine, staging / names.DATASET_QUARANTINE_FILE)
-    recipe_ids = set().union(*(e["recipe_ids"] for e in extracted))
     write_parquet(referenced_recipes(dsn, recipe_ids), staging / names.DATASET_RECIPES_FILE)
-    shutil.rmtree(part_dir)
 
     rows = pq.read_table(staging / names.DATASET_TRAINING_FILE, columns=SUMMARY_COLUMNS)
     counts = {"window": window.as_dict(), **count_outcomes(rows.num_rows, quarantine, window_counts, max_bad_share)}
@@ -275,3 +301,28 @@ def build_dataset(dsn: str, window: Window, staging: Path, max_bad_share: float,
     (staging / names.DATASET_SCHEMA_FILE).write_text(schema.schema_document(window.version, window.as_dict()))
     (staging / names.DATASET_SUMMARY_FILE).write_text(render_summary(window, counts, rows))
     return counts
+
+
+def build_dataset(dsn: str, window: Window, staging: Path, max_bad_share: float, parts: int = 2) -> dict:
+    """Write every data file of the version into `staging`; returns the counts.
+
+    The same per-range and assemble functions as `planner_dataset`'s mapped tasks, in-process:
+    the plan_id ranges run concurrently, each on its own connection, into parts under
+    `staging/_parts` (removed before returning), assembled in range order (= plan_id order).
+    Validation decides afterwards whether the version may be published.
+    """
+    from include.dataset import parts as ranges
+
+    part_root = staging / "_parts"
+    part_root.mkdir()
+    specs = ranges.plan_ranges(window, parts, run_key=f"in-process/{uuid.uuid4().hex}", staging_uri=str(part_root))
+    try:
+        with ThreadPoolExecutor(max_workers=len(specs) + 1) as pool:
+            counts_future = pool.submit(fetch_window_counts, dsn, window)
+            futures = [pool.submit(ranges.extract_range, dsn, spec) for spec in specs]
+            extracted = [future.result() for future in futures]
+            window_counts = counts_future.result()
+        return ranges.assemble_parts(dsn, window, specs, staging, max_bad_share, extracted=extracted,
+                                     window_counts=window_counts)
+    finally:
+        shutil.rmtree(part_root, ignore_errors=True)

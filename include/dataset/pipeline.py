@@ -1,8 +1,10 @@
 """What the `planner_dataset` tasks do, as plain functions (no Airflow import).
 
-`build_validate_publish` is one unit on purpose: the staging directory never leaves the
-worker that wrote it, and whatever fails before the publish leaves the published versions
-as they were.
+The extraction is spread over workers (`include/dataset/parts.py`: one part per plan_id range,
+staged on the storage root); `assemble_validate_publish` is one unit on purpose: the version's
+staging directory never leaves the worker that assembled it, and whatever fails before the
+publish leaves the published versions as they were. `build_validate_publish` is the same in one
+process (the parts on local disk), for tests, benchmarks and scripts.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from datetime import datetime
 
 from include.core import names, storage
+from include.dataset import parts as range_parts
 from include.dataset.build import build_dataset
 from include.dataset.validate import DatasetValidationError, validate_version
 from include.dataset.window import Window, resolve_window
@@ -46,11 +49,32 @@ def build_validate_publish(dsn: str, window: Window, max_bad_share: float, parts
     Raises DatasetValidationError (nothing published, staging kept for inspection) when a
     check fails. Returns what the next task and the Asset event need.
     """
+    return _validate_publish(window, lambda staging: build_dataset(dsn, window, staging, max_bad_share=max_bad_share,
+                                                                   parts=parts))
+
+
+def assemble_validate_publish(dsn: str, window: Window, specs: list[dict], extracted: list[dict] | None,
+                              max_bad_share: float) -> dict:
+    """Assemble the run's staged parts (exactly the planned ones, each finished by the attempt
+    `extracted` records), validate and publish like `build_validate_publish`; then remove the
+    run's parts (after a publish, and after a failed validation, which is final). Raises
+    range_parts.PartsError (nothing published, parts kept) when the parts are not this run's complete ones."""
+    try:
+        published = _validate_publish(window, lambda staging: range_parts.assemble_parts(
+            dsn, window, specs, staging, max_bad_share, extracted=extracted))
+    except DatasetValidationError:
+        range_parts.remove_parts(specs[0]["parts_uri"])
+        raise
+    range_parts.remove_parts(specs[0]["parts_uri"])
+    return published
+
+
+def _validate_publish(window: Window, build) -> dict:
     final_uri = storage.dataset_uri(window.version)
     prune_staging(final_uri)
     staging = storage.new_staging_dir(final_uri)
     try:
-        counts = build_dataset(dsn, window, staging, max_bad_share=max_bad_share, parts=parts)
+        counts = build(staging)
     except BaseException:
         storage.discard_staging(staging)
         raise

@@ -69,14 +69,16 @@ def test_dataset_dag_shape(dagbag):
     dag = dagbag.dags[names.DAG_DATASET]
     assert dag.timetable.expression == "0 6 * * 1"  # Mondays 00:00 + the default 6 h lateness allowance
     assert str(dag.timetable.timezone) in ("UTC", "Timezone('UTC')")
-    assert set(dag.task_ids) == {"resolve_window", "build_validate_publish", "log_dataset"}
-    assert dag.get_task("build_validate_publish").retries >= 1
+    assert set(dag.task_ids) == {"resolve_window", "plan_ranges", "extract_range", "assemble_validate_publish",
+                                 "log_dataset"}
+    assert dag.get_task("extract_range").retries >= 1 and dag.get_task("assemble_validate_publish").retries >= 1
     assert dag.get_task("resolve_window").retries == 0
     assert [o.name for o in dag.get_task("log_dataset").outlets] == [DATASET_ASSET.name]
     schema = {name: param.schema for name, param in dag.params.items()}
     assert schema["lookback_days"]["type"] == "integer" and schema["lookback_days"]["minimum"] == 1
     assert schema["max_bad_share"]["maximum"] == 1
     assert schema["end_date"]["format"] == "date"
+    assert schema["extract_ranges"]["type"] == "integer" and schema["extract_ranges"]["minimum"] == 1
 
 
 def test_dataset_params_reject_values_outside_their_schema(dagbag):
@@ -86,7 +88,8 @@ def test_dataset_params_reject_values_outside_their_schema(dagbag):
 
     dag = dagbag.dags[names.DAG_DATASET]
     for name, bad in (("lookback_days", 0), ("lookback_days", "four"), ("max_bad_share", 1.5),
-                      ("end_date", "23/11/2026")):
+                      ("end_date", "23/11/2026"), ("extract_ranges", 0), ("extract_ranges", 65),
+                      ("extract_ranges", 2.5)):
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(bad)
     assert dag.params.get_param("end_date").resolve("2026-11-23") == "2026-11-23"
@@ -176,7 +179,7 @@ def test_the_dataset_dags_resolve_window_task_uses_the_run_time_and_the_allowanc
     from include.core import names
 
     run = dagbag.dags[names.DAG_DATASET].test(run_after=datetime.fromisoformat(run_after),
-                                              mark_success_pattern="build_validate_publish|log_dataset")
+                                              mark_success_pattern="extract_range|assemble_validate_publish|log_dataset")
     window = next(ti for ti in run.get_task_instances() if ti.task_id == "resolve_window").xcom_pull(
         task_ids="resolve_window")
     assert window["version"] == version and window["end"] == f"{version}T00:00:00+00:00"

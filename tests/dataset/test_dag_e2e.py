@@ -134,6 +134,10 @@ def test_a_rebuild_with_other_content_is_a_new_revision_and_the_old_one_never_ch
 def test_failed_validation_fails_the_run_and_publishes_nothing(generated, dataset_dag):
     assert dataset_dag.test(run_conf={"end_date": "2026-11-16", "max_bad_share": 0.0}).state == "failed"
     assert not storage.is_complete(storage.dataset_uri("2026-11-16"))
+    staging = storage.local_path(storage.datasets_root()) / storage.STAGING_DIR
+    kept = [p for p in staging.iterdir() if p.name.startswith("2026-11-16-")]
+    assert kept and all((p / names.DATASET_VALIDATION_FILE).is_file() for p in kept)  # the build, for inspection
+    assert not list(staging.glob("2026-11-16-*/range-*"))  # a failed validation is final: the parts are removed
 
 
 def test_the_published_rows_carry_a_learnable_signal(generated):
