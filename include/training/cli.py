@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from include.core import names, storage
@@ -175,6 +176,12 @@ def accelerator_for(args: argparse.Namespace):
     precision = args.mixed_precision
     if precision == "auto":
         precision = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "fp32"
+    # Accelerate keeps its settings process-wide; a second training in one process (tests, a notebook) may
+    # ask for another precision, so they start afresh (the process group, if any, stays).
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision="no" if precision == "fp32" else precision), precision
 
 
@@ -203,8 +210,9 @@ def start_tracking(store, args: argparse.Namespace, tags: dict):
     (continued, so it does not stay RUNNING), else a new one, recorded at once."""
     import mlflow
 
-    from include.core.tracking import ensure_experiment
+    from include.core.tracking import configure_mlflow, ensure_experiment
 
+    configure_mlflow()
     record = store.read_run()
     if record:
         try:
@@ -281,7 +289,8 @@ def train(args: argparse.Namespace) -> dict | None:
     fingerprint = {**hyper, "training_run_id": args.training_run_id, "dataset_digest": revision["dataset_digest"],
                    "dataset_revision": revision["dataset_revision"], "train_examples": len(train_set)}
     fingerprint.pop("device")
-    trainer = Trainer(accelerator, model, encoded_train, encoded_val, settings, store, scratch, fingerprint)
+    trainer = Trainer(accelerator, model, encoded_train, encoded_val, settings, store, scratch, fingerprint,
+                      started_at=getattr(args, "started_at", None))
     main_process = accelerator.is_main_process
     trainer.check_resumable()
     run = None
@@ -346,9 +355,12 @@ def finish_published(args: argparse.Namespace) -> None:
     after publishing left, i.e. its checkpoints and a run still RUNNING."""
     import mlflow
 
+    from include.core.tracking import configure_mlflow
+
     store = checkpoint_store(args)
     record = store.read_run()
     if record:
+        configure_mlflow()
         try:
             client = mlflow.MlflowClient()
             if client.get_run(record["mlflow_run_id"]).info.status == "RUNNING":
@@ -363,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     from include.core import config  # noqa: F401  (sets the offline environment before any library loads)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    started_at = time.monotonic()
     args = parse_args(argv)
+    args.started_at = started_at
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

@@ -90,8 +90,10 @@ def selection(progress: Progress, settings: LoopSettings) -> dict:
 
 class Trainer:
     def __init__(self, accelerator, model, train: modeling.Encoded, val: modeling.Encoded, settings: LoopSettings,
-                 store: CheckpointStore, scratch: Path, fingerprint: dict):
+                 store: CheckpointStore, scratch: Path, fingerprint: dict, started_at: float | None = None):
         import torch
+
+        self.started_at = time.monotonic() if started_at is None else started_at  # the attempt's start
 
         self.accelerator, self.settings, self.store, self.scratch = accelerator, settings, store, scratch
         self.train, self.val, self.fingerprint = train, val, fingerprint
@@ -216,6 +218,11 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
                 progress.optimizer_steps += 1
+                if self.started_at is not None and accelerator.is_main_process:
+                    log.info("first optimizer step of this attempt: %.2f s after its start%s",
+                             time.monotonic() - self.started_at,
+                             f" (resumed from {progress.resumed_from[-1]})" if progress.resumed_from else "")
+                    self.started_at = None
                 if (settings.checkpoint_steps and progress.optimizer_steps % settings.checkpoint_steps == 0
                         and number + 1 < len(batches)):
                     progress.busy_seconds += time.perf_counter() - started

@@ -182,3 +182,19 @@ def test_training_reads_and_publishes_on_object_storage(published_dataset):
         assert manifest["dataset_uri"] == f"memory://bucket/datasets/planner/{Path(published_dataset).name}"
     finally:
         fs.rm("/bucket", recursive=True)
+
+
+def test_the_gpu_scale_options_train_and_are_recorded(published_dataset, tmp_path):
+    """bf16 autocast (on CPU here), gradient accumulation and gradient checkpointing: the same contract."""
+    from include.registration.artifacts import artifact_problems
+
+    out = tmp_path / "models"
+    run_id = "planner_acceptance-v20261123_000030"
+    assert _run(published_dataset, out, run_id, "--mixed-precision", "bf16", "--gradient-accumulation-steps", "2",
+                "--gradient-checkpointing", "--device", "cpu") == 0
+    manifest = json.loads((out / run_id / names.MODEL_MANIFEST_FILE).read_text())
+    assert artifact_problems(out / run_id) == []
+    hyper = manifest["hyperparameters"]
+    assert (hyper["mixed_precision"], hyper["gradient_accumulation_steps"], hyper["gradient_checkpointing"],
+            hyper["world_size"]) == ("bf16", 2, True, 1)
+    assert 0 <= manifest["final_metrics"]["val_auc"] <= 1
