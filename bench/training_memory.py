@@ -26,18 +26,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 END = datetime(2026, 11, 23, tzinfo=UTC)
 
 
-def _child(way: str, uri: str, max_rows: int) -> dict:
+def _child(way: str, uri: str, max_rows: int, holdout_days: int) -> dict:
     from include.core.features import recipe_index
     from include.training import cli, modeling
 
     started = time.perf_counter()
-    table, recipes, *_ = cli.load_dataset(uri, holdout_days=7, max_rows=max_rows)
-    arrow_bytes = table.nbytes
+    table, recipes, *_ = cli.load_dataset(uri, holdout_days=holdout_days, max_rows=max_rows)
+    arrow_bytes, rows_read = table.nbytes, table.num_rows
     index = recipe_index(recipes.to_pylist())
     if way == "columns":
-        from include.training.examples import example_columns, split_columns
+        from include.training.examples import split_example_columns
 
-        train, val = split_columns(example_columns(table, index, 0.2, seed=7))
+        train, val = split_example_columns(table, index, 0.2, seed=7)
         del table
         tokenizer = modeling.train_tokenizer(t for chunk in train.text_chunks() for texts in chunk for t in texts)
         encoded = [modeling.encode(tokenizer, part) for part in (train, val)]
@@ -54,7 +54,7 @@ def _child(way: str, uri: str, max_rows: int) -> dict:
                              max_length=modeling.MAX_LENGTH)["input_ids"] for part in (train, val)]
         examples = len(train) + len(val)
         tokens = sum(len(ids) for part in encoded for ids in part)
-    return {"way": way, "examples": examples, "tokens": tokens, "arrow_mb": arrow_bytes / 2**20,
+    return {"way": way, "rows": rows_read, "examples": examples, "tokens": tokens, "arrow_mb": arrow_bytes / 2**20,
             "seconds": time.perf_counter() - started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -83,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weeks", type=int, default=8)
     parser.add_argument("--reuse", action="store_true", help="keep the bench database if it already has data")
     parser.add_argument("--max-rows", type=int, default=0, help="dataset rows to read (0: all)")
+    parser.add_argument("--holdout-days", type=int, default=0,
+                        help="days before the version's end left out, as the trainer does (0: every row)")
     parser.add_argument("--child", nargs=2, metavar=("WAY", "URI"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child[0], args.child[1], args.max_rows)))
+        print(json.dumps(_child(args.child[0], args.child[1], args.max_rows, args.holdout_days)))
         return 0
 
     uri = dataset(args.households, args.weeks, args.reuse)
@@ -94,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for way in ("columns", "rows"):
         out = subprocess.run([sys.executable, "-m", "bench.training_memory", "--max-rows", str(args.max_rows),
-                              "--child", way, uri], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+                              "--holdout-days", str(args.holdout_days), "--child", way, uri], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
         results[way] = json.loads(out.stdout.strip().splitlines()[-1])
     ours, rows = results["columns"], results["rows"]
-    print(f"{ours['examples']:,} examples ({ours['tokens']:,} tokens) from {ours['arrow_mb']:,.0f} MB of Arrow columns")
+    print(f"{ours['rows']:,} rows -> {ours['examples']:,} examples ({ours['tokens']:,} tokens), "
+          f"{ours['arrow_mb']:,.0f} MB of Arrow columns read")
     for label, r in (("column-wise (the trainer)", ours), ("row-wise Python objects", rows)):
         print(f"  {label}: peak RSS {r['peak_rss_mb']:,.0f} MB = {r['peak_rss_mb'] / r['arrow_mb']:.1f}x the Arrow "
               f"columns, {r['seconds']:.0f} s")

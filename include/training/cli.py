@@ -23,9 +23,8 @@ from include.core.features import recipe_index
 from include.training.examples import (
     REQUIRED_COLUMNS,
     DatasetError,
-    example_columns,
     shuffled_label_columns,
-    split_columns,
+    split_example_columns,
     training_cutoff,
 )
 
@@ -252,10 +251,9 @@ def train(args: argparse.Namespace) -> dict | None:
 
     accelerator, precision = accelerator_for(args)
     table, recipe_table, cutoff, version, revision = load_dataset(args.dataset_uri, args.holdout_days, args.max_rows)
-    examples = example_columns(table, recipe_index(recipe_table.to_pylist()), args.val_share, args.seed)
+    train_set, val_set = split_example_columns(table, recipe_index(recipe_table.to_pylist()), args.val_share,
+                                               args.seed)
     del table
-    train_set, val_set = split_columns(examples)
-    del examples
     if args.shuffle_labels:
         train_set = shuffled_label_columns(train_set, args.seed)
     if not len(train_set) or not len(val_set) or len(set(val_set.labels.tolist())) < 2:

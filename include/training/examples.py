@@ -106,45 +106,80 @@ class ExampleColumns:
             yield (self.contexts.slice(start, size).to_pylist(), self.meals.slice(start, size).to_pylist())
 
 
-def example_columns(table, recipes: dict[str, dict], val_share: float, seed: int,
-                    batch_rows: int = 2048) -> ExampleColumns:
-    """`examples_from_rows` over an Arrow table, one record batch at a time (same examples, same
-    order), with each example's side of the household split."""
-    import numpy as np
-    import pyarrow as pa
+class _ColumnsBuilder:
+    """Appends examples batch by batch into Arrow chunks (one side of the split)."""
 
+    def __init__(self):
+        self.contexts, self.meals, self.recipe_ids, self.labels, self.validation = [], [], [], [], []
+        self._batch: tuple[list, list, list, list, list] = ([], [], [], [], [])
+
+    def add(self, context: str, meal: str, recipe_id: str, label: int, validation: bool) -> None:
+        for column, value in zip(self._batch, (context, meal, recipe_id, label, validation)):
+            column.append(value)
+
+    def flush(self) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        contexts, meals, recipe_ids, labels, validation = self._batch
+        if contexts:
+            self.contexts.append(pa.array(contexts, pa.string()))
+            self.meals.append(pa.array(meals, pa.string()))
+            self.recipe_ids.append(pa.array(recipe_ids, pa.string()))
+            self.labels.append(np.asarray(labels, dtype=np.int64))
+            self.validation.append(np.asarray(validation, dtype=bool))
+        self._batch = ([], [], [], [], [])
+
+    def build(self) -> ExampleColumns:
+        import numpy as np
+        import pyarrow as pa
+
+        self.flush()
+        return ExampleColumns(pa.chunked_array(self.contexts, pa.string()), pa.chunked_array(self.meals, pa.string()),
+                              pa.chunked_array(self.recipe_ids, pa.string()),
+                              np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64),
+                              np.concatenate(self.validation) if self.validation else np.zeros(0, bool))
+
+
+def _build_columns(table, recipes: dict[str, dict], val_share: float, seed: int, batch_rows: int,
+                   split: bool) -> list[ExampleColumns]:
     if not 0 < val_share < 1:
         raise DatasetError(f"val_share must lie in (0, 1), got {val_share}")
-    contexts, meals, recipe_ids, labels, validation = [], [], [], [], []
-    split: dict[str, bool] = {}
+    sides = [_ColumnsBuilder(), _ColumnsBuilder()] if split else [_ColumnsBuilder()]
+    is_validation: dict[str, bool] = {}
     for batch in table.select(["plan_id", "household_id", "input", "target"]).to_batches(max_chunksize=batch_rows):
         columns = batch.to_pydict()
-        batch_contexts, batch_meals, batch_recipes, batch_labels, batch_validation = [], [], [], [], []
         for plan_id, household_id, row_input, row_target in zip(
                 columns["plan_id"], columns["household_id"], columns["input"], columns["target"]):
             context, proposed = proposed_meals(row_input)
             ctx = context_text(context)
-            if household_id not in split:
-                split[household_id] = is_validation_household(household_id, val_share, seed)
+            if household_id not in is_validation:
+                is_validation[household_id] = is_validation_household(household_id, val_share, seed)
+            validation = is_validation[household_id]
+            side = sides[int(validation)] if split else sides[0]
             for meal, label in zip(proposed, kept_flags(proposed, row_target)):
                 recipe_id = meal["recipe_id"].lower()
                 recipe = recipes.get(recipe_id)
                 if recipe is None:
                     raise DatasetError(f"plan {plan_id}: recipe {meal['recipe_id']} is not in recipes.parquet")
-                batch_contexts.append(ctx)
-                batch_meals.append(meal_text(recipe, context))
-                batch_recipes.append(recipe_id)
-                batch_labels.append(label)
-                batch_validation.append(split[household_id])
-        contexts.append(pa.array(batch_contexts, pa.string()))
-        meals.append(pa.array(batch_meals, pa.string()))
-        recipe_ids.append(pa.array(batch_recipes, pa.string()))
-        labels.append(np.asarray(batch_labels, dtype=np.int64))
-        validation.append(np.asarray(batch_validation, dtype=bool))
-    return ExampleColumns(pa.chunked_array(contexts, pa.string()), pa.chunked_array(meals, pa.string()),
-                          pa.chunked_array(recipe_ids, pa.string()),
-                          np.concatenate(labels) if labels else np.zeros(0, np.int64),
-                          np.concatenate(validation) if validation else np.zeros(0, bool))
+                side.add(ctx, meal_text(recipe, context), recipe_id, label, validation)
+        for side in sides:
+            side.flush()
+    return [side.build() for side in sides]
+
+
+def example_columns(table, recipes: dict[str, dict], val_share: float, seed: int,
+                    batch_rows: int = 2048) -> ExampleColumns:
+    """`examples_from_rows` over an Arrow table, one record batch at a time (same examples, same
+    order), with each example's side of the household split."""
+    return _build_columns(table, recipes, val_share, seed, batch_rows, split=False)[0]
+
+
+def split_example_columns(table, recipes: dict[str, dict], val_share: float, seed: int,
+                          batch_rows: int = 2048) -> tuple[ExampleColumns, ExampleColumns]:
+    """(training, validation) examples built straight into their side: no copy of the texts."""
+    train, val = _build_columns(table, recipes, val_share, seed, batch_rows, split=True)
+    return train, val
 
 
 def split_columns(examples: ExampleColumns) -> tuple[ExampleColumns, ExampleColumns]:

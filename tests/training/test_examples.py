@@ -75,3 +75,26 @@ def test_training_cutoff_holds_out_the_last_days_of_the_version():
     assert training_cutoff("2026-11-23", 0) == datetime(2026, 11, 23, tzinfo=UTC)
     with pytest.raises(DatasetError):
         training_cutoff("2026-11-23", -1)
+
+
+def test_the_column_wise_examples_are_the_row_wise_ones_in_the_same_order_and_split():
+    """What the trainer builds (Arrow columns, split while built, in small record batches) equals
+    `examples_from_rows` + `split_by_household`, example for example."""
+    import pyarrow as pa
+
+    from include.training.examples import example_columns, split_columns, split_example_columns
+
+    accepted = [[{"day": "monday", "recipe_id": "r1"}], [], [{"day": "tuesday", "recipe_id": "r2"}]]
+    rows = [_row(accepted[(i + j) % 3], household=f"h{i}", plan=f"p{i}-{j}") for i in range(60) for j in range(3)]
+    train, val = split_by_household(examples_from_rows(rows, RECIPES), 0.2, seed=7)
+    table = pa.Table.from_pylist(rows)
+    for columns in (split_example_columns(table, RECIPES, 0.2, seed=7, batch_rows=7),
+                    split_columns(example_columns(table, RECIPES, 0.2, seed=7, batch_rows=7))):
+        for expected, built in zip((train, val), columns):
+            assert built.contexts.to_pylist() == [e.context for e in expected]
+            assert built.meals.to_pylist() == [e.meal for e in expected]
+            assert built.recipe_ids.to_pylist() == [e.recipe_id for e in expected]
+            assert built.labels.tolist() == [e.label for e in expected]
+    with pytest.raises(DatasetError, match="recipe r9"):
+        bad = dict(CONTEXT, proposed_plan={"meals": [{"day": "monday", "recipe_id": "r9", "servings": 1}]})
+        split_example_columns(pa.Table.from_pylist([{**_row([]), "input": json.dumps(bad)}]), RECIPES, 0.2, 7)
