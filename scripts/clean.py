@@ -49,10 +49,25 @@ def drop_events_database(dsn: str) -> str | None:
     return f"dropped the events database {name} (events and the ml schema)"
 
 
+TEAM_PREFIX = "planner_team"  # make team-lifecycle's databases: <prefix>_events, _airflow, _mlflow, _mlflow_auth
+TEAM_DATABASES = ("events", "airflow", "mlflow", "mlflow_auth")
+
+
+def team_databases(events_dsn: str, prefix: str = TEAM_PREFIX) -> list[str]:
+    """The DSNs of the databases `make team-lifecycle` creates beside the events database's server."""
+    parts = urlsplit(events_dsn)
+    return [parts._replace(path=f"/{prefix}_{name}").geturl() for name in TEAM_DATABASES]
+
+
+def drop_team_databases(events_dsn: str, prefix: str = TEAM_PREFIX) -> list[str]:
+    """Drop those of them that are local and this project's own (marked); what it did, per database."""
+    return [said for said in map(drop_events_database, team_databases(events_dsn, prefix)) if said]
+
+
 def main() -> int:
-    said = drop_events_database(settings().events_dsn)
-    if said:
-        print(said)
+    for said in [drop_events_database(settings().events_dsn), *drop_team_databases(settings().events_dsn)]:
+        if said:
+            print(said)
     if embedded_pgdata().exists():
         stop_embedded()
         print(f"stopped the embedded PostgreSQL ({embedded_pgdata()})")

@@ -95,6 +95,25 @@ def test_make_clean_drops_only_a_database_of_its_own(database_name):
     assert not local_postgres.database_exists(ours)
 
 
+def test_make_clean_drops_the_team_lifecycles_databases_it_created_and_no_other(database_name):
+    from include.core.local_postgres import ensure_database
+    from scripts.clean import drop_team_databases, team_databases
+
+    prefix = database_name.rsplit("/", 1)[1]  # a prefix of this test's own, never the real planner_team_*
+    events, airflow, mlflow, mlflow_auth = team_databases(database_name, prefix)
+    try:
+        for dsn in (events, airflow, mlflow_auth):
+            ensure_database(dsn)  # created by the project: marked
+        _foreign_database_with_data(mlflow)  # the same name, but somebody else's
+        said = drop_team_databases(database_name, prefix)
+        assert not any(local_postgres.database_exists(dsn) for dsn in (events, airflow, mlflow_auth))
+        assert _rows(mlflow) == [("a real event",)]
+        assert sum("dropped" in line for line in said) == 3 and sum("left alone" in line for line in said) == 1
+    finally:
+        for dsn in (events, airflow, mlflow, mlflow_auth):
+            local_postgres.drop_database(dsn)
+
+
 def test_an_adopted_database_loses_only_the_project_schemas_on_make_clean(database_name):
     from scripts.clean import drop_events_database
 
