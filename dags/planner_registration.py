@@ -9,13 +9,15 @@ trains.
 1. `resolve_model_path`: the path must lie inside the models root, a local directory or an
    object-storage prefix such as `s3://bucket/planner/models/planner_acceptance` (no `..`, no
    symlink escape, no other scheme or bucket), else the run fails here with the reason.
-2. `wait_for_artifacts`: a sensor in reschedule mode (no worker slot held between checks) until
-   the directory is published (`_SUCCESS`, or the `_PUBLISHED` pointer on object storage) with
-   its manifest.
-3. `verify_artifacts`: every manifest file present with its sha256 (computed from the object
-   store itself when the root is remote), the model, tokenizer and recipe catalogue load and
-   score (from a scratch copy, removed afterwards); a bad directory fails with the list of
-   what is wrong.
+2. `wait_for_artifacts`: a provider sensor until the directory is published: on an s3:// root the
+   Amazon provider's `S3KeySensor` on its `_PUBLISHED` pointer (AWS connection
+   `PLANNER_AWS_CONN_ID`, default `aws_default`), on a local root the standard provider's
+   `FileSensor` on its `_SUCCESS`. `PLANNER_ARTIFACT_WAIT_MODE`: `reschedule` (default; the worker
+   slot is given back between checks) or `deferrable` (the triggerer polls; no slot held).
+3. `verify_artifacts`: the attempt the pointer names is complete, every manifest file present
+   with its sha256 (computed from the object store itself when the root is remote), the model,
+   tokenizer and recipe catalogue load and score (from a scratch copy, removed afterwards); a
+   bad directory fails with the list of what is wrong.
 4. `register_model`: one version of `planner_acceptance` per training run, tagged with the
    training run id, dataset version, manifest digest and MLflow training run; alias
    `challenger`. A rerun, a retry or two runs at once leave exactly one version. Emits the
@@ -36,6 +38,8 @@ from airflow.sdk import Param, dag, get_current_context, task
 from include.core import names
 from include.core.assets import MODEL_ARTIFACTS_ASSET, REGISTERED_MODEL_ASSET
 from include.core.config import registration_settings
+from include.core.storage import models_root
+from include.registration.waiting import MARKER_XCOM_KEY, artifact_wait_spec, build_sensor, published_marker
 
 SETTINGS = registration_settings()
 
@@ -79,21 +83,11 @@ def planner_registration():
                                            f"{names.ASSET_MODEL_ARTIFACTS} Asset event start this DAG")
             given = chosen["model_path"]
         try:
-            return resolve_model_uri(given, storage.models_root(), must_exist=False)
+            uri = resolve_model_uri(given, storage.models_root(), must_exist=False)
         except ModelPathError as exc:
             raise AirflowFailException(str(exc)) from exc
-
-    @task.sensor(poke_interval=SETTINGS.poke_interval_s, timeout=SETTINGS.wait_timeout_s, mode="reschedule")
-    def wait_for_artifacts(model_path: str):
-        from airflow.sdk import PokeReturnValue
-
-        from include.core import storage
-
-        done = storage.is_complete(model_path)
-        if done:
-            fs, path = storage.published(model_path)
-            done = fs.isfile(storage.join(path, names.MODEL_MANIFEST_FILE))
-        return PokeReturnValue(is_done=done, xcom_value=model_path)
+        context["ti"].xcom_push(key=MARKER_XCOM_KEY, value=published_marker(uri))  # what wait_for_artifacts waits for
+        return uri
 
     @task
     def verify_artifacts(model_path: str) -> dict:
@@ -145,7 +139,10 @@ def planner_registration():
         context["outlet_events"][REGISTERED_MODEL_ASSET].extra = extra
         return registration.as_dict()
 
-    register_model(verify_artifacts(wait_for_artifacts(resolve_model_path())))
+    resolved = resolve_model_path()
+    verified = verify_artifacts(resolved)
+    resolved >> build_sensor(artifact_wait_spec(models_root(), SETTINGS)) >> verified  # wait_for_artifacts
+    register_model(verified)
 
 
 planner_registration()

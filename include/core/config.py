@@ -117,17 +117,25 @@ def training_settings() -> TrainingSettings:
 
 @dataclass(frozen=True)
 class RegistrationSettings:
-    """How long registration waits for a model directory, and how it retries the registry."""
-    poke_interval_s: int       # the sensor's check interval (reschedule mode: no worker slot held between)
-    wait_timeout_s: int        # give up waiting for _SUCCESS and the manifest after this long
+    """How long and how registration waits for a model directory, and how it retries the registry."""
+    poke_interval_s: int       # the sensor's check interval
+    wait_timeout_s: int        # give up waiting for the published marker after this long
     register_retries: int      # Airflow retries of register_model (an unreachable registry)
     register_retry_delay_s: int
+    wait_mode: str = "reschedule"   # reschedule (worker slot freed between pokes) | deferrable (the triggerer)
+    aws_conn_id: str | None = "aws_default"  # S3KeySensor's connection on an s3:// root; None: boto3's own chain
 
 
 def registration_settings() -> RegistrationSettings:
+    mode = _env("PLANNER_ARTIFACT_WAIT_MODE", "reschedule").lower()
+    if mode not in ("reschedule", "deferrable"):
+        raise ValueError(f"PLANNER_ARTIFACT_WAIT_MODE must be reschedule or deferrable, got {mode!r}")
+    conn_id = _env("PLANNER_AWS_CONN_ID", "aws_default")
     return RegistrationSettings(
         poke_interval_s=int(_env("PLANNER_ARTIFACT_POKE_INTERVAL_S", "60")),
         wait_timeout_s=int(_env("PLANNER_ARTIFACT_WAIT_TIMEOUT_S", str(6 * 3600))),
         register_retries=int(_env("PLANNER_REGISTER_RETRIES", "3")),
         register_retry_delay_s=int(_env("PLANNER_REGISTER_RETRY_DELAY_S", "60")),
+        wait_mode=mode,
+        aws_conn_id=None if conn_id.lower() == "none" else conn_id,
     )

@@ -134,12 +134,25 @@ def _listing(directory: Path | str):
             lambda name: stream_sha256(fs, storage.join(path, name)))
 
 
+def _unpublished(uri: str) -> str:
+    """Why a URI has no published content: no pointer, a pointer naming an attempt that is not
+    complete, or a pointer that names nothing of this version."""
+    try:
+        pointer = storage.read_pointer(uri)
+    except ValueError as exc:
+        return str(exc)
+    if pointer is None:
+        return f"{uri} is not published"
+    return (f"{uri} is not published: its {storage.POINTER} pointer names {pointer['attempt']}, which has no "
+            f"{names.SUCCESS_MARKER} (an incomplete or removed attempt)")
+
+
 def artifact_problems(directory: Path | str) -> list[str]:
     """Everything wrong with a model directory or published model URI (empty list: complete and intact)."""
     problems = []
     files, read_text, sha256 = _listing(directory)
     if not files:
-        return [f"{directory} is empty" if isinstance(directory, Path) else f"{directory} is not published"]
+        return [f"{directory} is empty" if isinstance(directory, Path) else _unpublished(directory)]
     if names.SUCCESS_MARKER not in files:
         problems.append(f"{names.SUCCESS_MARKER} is missing: training did not finish publishing")
     for required in names.MODEL_REQUIRED_FILES:

@@ -14,16 +14,30 @@ from include.core import names, storage
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
-def registration_dag(airflow_db, monkeypatch):
-    """The DAG parsed with a short sensor timeout, so a directory that never completes fails fast."""
+def parse_registration_dag(monkeypatch, **env: str):
+    """The DAG parsed with a short sensor timeout, so a directory that never completes fails fast.
+    The sensor follows the storage root (and wait mode) in the environment at parse time, as the
+    dag-processor's does: set them first."""
     from airflow.dag_processing.dagbag import DagBag
 
-    monkeypatch.setenv("PLANNER_ARTIFACT_POKE_INTERVAL_S", "1")
-    monkeypatch.setenv("PLANNER_ARTIFACT_WAIT_TIMEOUT_S", "4")
+    for key, value in {"PLANNER_ARTIFACT_POKE_INTERVAL_S": "1", "PLANNER_ARTIFACT_WAIT_TIMEOUT_S": "4",
+                       **env}.items():
+        monkeypatch.setenv(key, value)
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "planner_registration.py"))
     assert bag.import_errors == {}
     return bag.dags[names.DAG_REGISTRATION]
+
+
+@pytest.fixture()
+def registration_dag(airflow_db, monkeypatch):
+    """The DAG over the session's local storage root (a test's own `storage_root` does not change its sensor)."""
+    return parse_registration_dag(monkeypatch)
+
+
+@pytest.fixture()
+def s3_registration_dag(airflow_db, s3_root, monkeypatch):
+    """The DAG parsed over this test's s3:// root: its sensor is the Amazon provider's S3KeySensor."""
+    return parse_registration_dag(monkeypatch)
 
 
 def run_output(capfd) -> str:
@@ -140,17 +154,19 @@ def _publish_to_object_storage(model_dir: Path) -> str:
 
 @pytest.mark.e2e
 def test_a_model_on_object_storage_is_verified_there_and_registered_from_a_removed_scratch_copy(
-        registration_dag, fresh_mlflow, s3_root, trained_model, published_dataset, capfd):
+        s3_registration_dag, fresh_mlflow, s3_root, trained_model, published_dataset, capfd):
     import glob
     import tempfile
 
     import mlflow
     import pyarrow.parquet as pq
+    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 
     uri = _publish_to_object_storage(trained_model)
     assert uri.startswith("s3://")
+    assert isinstance(s3_registration_dag.get_task("wait_for_artifacts"), S3KeySensor)
 
-    run = registration_dag.test(run_conf={"model_path": uri})
+    run = s3_registration_dag.test(run_conf={"model_path": uri})
 
     assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
     [version] = _registered_versions()
@@ -170,14 +186,14 @@ def test_a_model_on_object_storage_is_verified_there_and_registered_from_a_remov
     ("/tmp/planner_acceptance-v20261123_010203", "is a local path"),
 ])
 def test_on_object_storage_paths_outside_the_models_root_are_refused(
-        registration_dag, fresh_mlflow, s3_root, trained_model, model_path, reason, capfd):
+        s3_registration_dag, fresh_mlflow, s3_root, trained_model, model_path, reason, capfd):
     from include.core import storage
 
     _publish_to_object_storage(trained_model)
     bucket = s3_root.removeprefix("s3://").split("/")[0]
     given = model_path.format(root=storage.models_root(), bucket=bucket)
 
-    run = registration_dag.test(run_conf={"model_path": given})
+    run = s3_registration_dag.test(run_conf={"model_path": given})
 
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "failed" and states["resolve_model_path"] == "failed", states
