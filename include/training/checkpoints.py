@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def default_checkpoint_root(output_root: str) -> str:
 
 class CheckpointStore:
     def __init__(self, root: str, training_run_id: str):
+        if storage.is_local(root):  # fsspec lists local files by absolute path
+            root = os.path.abspath(storage.local_path(root))
         self.uri = storage.join(root, training_run_id)
         self.fs, self.path = storage.filesystem(self.uri)
 

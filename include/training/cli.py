@@ -31,6 +31,7 @@ from include.training.examples import (
 log = logging.getLogger("planner.train")
 
 TRUE_WORDS = ("true", "1", "yes")
+PROCESS_GROUP_TIMEOUT_S = 2 * 3600  # how long the other processes wait for rank 0 (a large checkpoint to S3)
 FALSE_WORDS = ("false", "0", "no")
 
 
@@ -181,7 +182,17 @@ def accelerator_for(args: argparse.Namespace):
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(cpu=cpu, mixed_precision="no" if precision == "fp32" else precision), precision
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # step_scheduler_with_optimizer=False: Accelerate would otherwise step the schedule once per process per
+    # optimizer step, so under DDP it would reach zero after 1/world_size of the training. The process group
+    # waits PROCESS_GROUP_TIMEOUT for rank 0's checkpoint uploads and MLflow calls (torch's default: 10 min).
+    return Accelerator(cpu=cpu, mixed_precision="no" if precision == "fp32" else precision,
+                       step_scheduler_with_optimizer=False,
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))]
+                       ), precision
 
 
 def model_uri(args: argparse.Namespace) -> str:
@@ -215,8 +226,14 @@ def start_tracking(store, args: argparse.Namespace, tags: dict):
     record = store.read_run()
     if record:
         try:
-            mlflow.MlflowClient().get_run(record["mlflow_run_id"])
-        except mlflow.exceptions.MlflowException:
+            earlier = mlflow.MlflowClient().get_run(record["mlflow_run_id"])
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # the server is unreachable or failing: retry later rather than open a second run
+            earlier = None
+        if earlier is None or earlier.info.lifecycle_stage == "deleted":
+            log.warning("the MLflow run %s of an earlier attempt is gone or deleted: starting a new one",
+                        record["mlflow_run_id"])
             record = None
     if record:
         log.info("continuing MLflow run %s of an earlier attempt", record["mlflow_run_id"])
@@ -270,6 +287,8 @@ def train(args: argparse.Namespace) -> dict | None:
         model.gradient_checkpointing_enable()
     encoded_train, encoded_val = modeling.encode(tokenizer, train_set), modeling.encode(tokenizer, val_set)
     baseline = modeling.keep_rate_baseline(train_set, val_set)
+    train_examples, val_examples = len(train_set), len(val_set)
+    del train_set, val_set  # the texts: training reads the token ids only
     device = accelerator.device.type
     hyper = hyperparameters(args, device, precision, accelerator.num_processes)
     airflow = {key: value for key, value in (("airflow_dag_id", args.airflow_dag_id),
@@ -285,23 +304,31 @@ def train(args: argparse.Namespace) -> dict | None:
                             checkpoint_steps=args.checkpoint_steps,
                             early_stopping_patience=args.early_stopping_patience)
     fingerprint = {**hyper, "training_run_id": args.training_run_id, "dataset_digest": revision["dataset_digest"],
-                   "dataset_revision": revision["dataset_revision"], "train_examples": len(train_set)}
+                   "dataset_revision": revision["dataset_revision"], "train_examples": train_examples}
     fingerprint.pop("device")
+    from accelerate.utils import gather_object
+
+    if len({json.dumps(f, sort_keys=True) for f in gather_object([fingerprint])}) > 1:
+        raise RuntimeError("the training processes read different data or settings (the dataset was republished "
+                           "while they started?): not training")
     trainer = Trainer(accelerator, model, encoded_train, encoded_val, settings, store, scratch, fingerprint,
                       started_at=getattr(args, "started_at", None))
     main_process = accelerator.is_main_process
     trainer.check_resumable()
-    run = None
+    run, failed = None, True
     try:
         if main_process:
             run = start_tracking(store, args, {"training_run_id": args.training_run_id, "dataset_version": version,
-                                               "dataset_uri": args.dataset_uri, **revision, **airflow})
+                                               "dataset_uri": args.dataset_uri, "device": device, **revision,
+                                               **airflow})
             if not mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs:  # once per run
                 mlflow.log_input(_dataset_reference(args.dataset_uri, version, revision["dataset_digest"]),
                                  context="training")
-            mlflow.log_params({**hyper, "dataset_version": version, "training_cutoff": cutoff.isoformat(),
-                               "train_examples": len(train_set), "val_examples": len(val_set)})
-            mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
+                mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
+            # the device is a tag: a resumed attempt may run on another one
+            mlflow.log_params({**{k: v for k, v in hyper.items() if k != "device"}, "dataset_version": version,
+                               "training_cutoff": cutoff.isoformat(), "train_examples": train_examples,
+                               "val_examples": val_examples})
         resumed = trainer.resume()
         if main_process and resumed:
             log_missing_epochs(run.info.run_id, trainer.progress.history)
@@ -309,6 +336,7 @@ def train(args: argparse.Namespace) -> dict | None:
             run.info.run_id, trainer.progress.history))
         accelerator.wait_for_everyone()
         if not main_process:
+            failed = False
             return None
         chosen = selection(progress, settings)
         best = progress.history[progress.best_epoch]
@@ -332,18 +360,30 @@ def train(args: argparse.Namespace) -> dict | None:
                 "base_model": args.base_model, "training_cutoff": cutoff.isoformat(), "hyperparameters": hyper,
                 "final_metrics": final, "epoch_metrics": progress.history, "selection": chosen,
                 "world_size": accelerator.num_processes, "resumed_from": progress.resumed_from,
+                "optimizer_steps": progress.optimizer_steps, "scheduler_steps": trainer.scheduler_steps,
                 "torch_version": torch.__version__, **airflow})
             mlflow.log_dict(manifest, names.MODEL_MANIFEST_FILE)
             storage.publish_dir(staging, final_uri)
         except BaseException:
             storage.discard_staging(staging)
             raise
+        failed = False
+        mlflow.end_run("FINISHED")  # before the clean-up: a published model's run is never left open or FAILED
+        run = None
         if not args.keep_checkpoints:
-            store.remove_all()
+            try:
+                store.remove_all()
+            except Exception as exc:  # noqa: BLE001 - the model is published; retention removes what is left
+                log.warning("could not remove the checkpoints under %s: %s", store.uri, exc)
         return {"model_uri": final_uri, **manifest}
+    except (SystemExit, KeyboardInterrupt):
+        if run is not None:
+            mlflow.end_run("KILLED")  # SIGTERM (a preempted pod, torchrun stopping its workers)
+            run = None
+        raise
     finally:
         if run is not None:
-            mlflow.end_run("FINISHED" if sys.exc_info()[0] is None else "FAILED")
+            mlflow.end_run("FAILED" if failed else "FINISHED")
         if main_process:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -375,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     started_at = time.monotonic()
     args = parse_args(argv)
+    _exit_on_sigterm()
     args.started_at = started_at
     from transformers.utils import logging as transformers_logging
 
@@ -398,6 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {args.training_run_id}: val_auc {metrics['val_auc']:.4f} at epoch {chosen['best_epoch']} "
           f"({chosen['reason']}; baseline {metrics['baseline_val_auc']:.4f}); published {result['model_uri']}")
     return 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (Kubernetes preempting the pod, torchrun stopping the workers) ends the process through
+    SystemExit, so the MLflow run is closed as KILLED instead of staying RUNNING; a retry resumes it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _is_main_process() -> bool:

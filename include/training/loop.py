@@ -229,7 +229,8 @@ class Trainer:
                     self.save()
                     started = time.perf_counter()
             progress.busy_seconds += time.perf_counter() - started
-            totals = accelerator.reduce(torch.tensor([self.loss_sum, float(self.loss_count)], device=device), "sum")
+            totals = accelerator.reduce(torch.tensor([self.loss_sum, float(self.loss_count)], device=device,
+                                                     dtype=torch.float64), "sum")
             val_metrics = self.validate()
             metrics = {"train_loss": float(totals[0] / totals[1]), "val_loss": val_metrics["loss"],
                        "val_accuracy": val_metrics["accuracy"], "val_auc": val_metrics["auc"]}
@@ -265,6 +266,11 @@ class Trainer:
             state = load_file(str(local / "model.safetensors"))
         model.load_state_dict(state)
         return model
+
+    @property
+    def scheduler_steps(self) -> int:
+        """How far the learning-rate schedule has gone: one step per optimizer step, whatever the processes."""
+        return int(getattr(self.scheduler, "scheduler", self.scheduler).last_epoch)
 
     @property
     def examples_per_second(self) -> float:

@@ -85,8 +85,14 @@ def build_model(base_model: str, tokenizer, lora: dict | None = None):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=lora["r"], lora_alpha=lora["alpha"],
-                                                 lora_dropout=0.05, target_modules=lora.get("target_modules")))
+                                                 lora_dropout=0.05,
+                                                 target_modules=lora.get("target_modules") or _lora_targets(model)))
     return model, tokenizer
+
+
+def _lora_targets(model) -> list[str] | None:
+    """peft has no default target modules for DistilBERT (`tiny` included): its attention's query and value."""
+    return ["q_lin", "v_lin"] if getattr(model.config, "model_type", "") == "distilbert" else None
 
 
 @dataclass

@@ -136,6 +136,19 @@ def test_a_checkpoint_without_its_marker_is_never_resumed_from(tmp_path):
     assert sorted(p.name for p in Path(store.path).iterdir()) == ["step-000000010"]
 
 
+def test_a_relative_checkpoint_root_round_trips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = CheckpointStore("relative/checkpoints", "planner_acceptance-v20261123_000221")
+    local = tmp_path / "local" / "step-000000001"
+    (local / "sub").mkdir(parents=True)
+    (local / "progress.json").write_text("{}")
+    (local / "sub" / "random_states_0.pkl").write_text("x")
+    store.save(local, "step-000000001")
+    copy = store.download("step-000000001", tmp_path / "copy")
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == [
+        COMPLETE_MARKER, "progress.json", "sub/random_states_0.pkl"]
+
+
 def test_checkpoints_from_other_settings_are_refused_with_the_reason(published_dataset, tmp_path, fresh_mlflow,
                                                                       capsys):
     import shutil
@@ -181,6 +194,8 @@ def test_two_processes_under_torchrun_train_and_publish_one_model(published_data
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = _manifest(out / run_id)
     assert manifest["world_size"] == 2 and manifest["hyperparameters"]["world_size"] == 2
+    # the learning-rate schedule advances once per optimizer step, not once per process and step
+    assert manifest["scheduler_steps"] == manifest["optimizer_steps"] > 0
     assert artifact_problems(out / run_id) == []
     assert len(_runs_of(run_id)) == 1
     assert len(manifest["epoch_metrics"]) == 2

@@ -198,3 +198,13 @@ def test_the_gpu_scale_options_train_and_are_recorded(published_dataset, tmp_pat
     assert (hyper["mixed_precision"], hyper["gradient_accumulation_steps"], hyper["gradient_checkpointing"],
             hyper["world_size"]) == ("bf16", 2, True, 1)
     assert 0 <= manifest["final_metrics"]["val_auc"] <= 1
+
+
+def test_lora_on_the_tiny_model_trains_and_publishes_a_merged_model(published_dataset, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "models"
+    run_id = "planner_acceptance-v20261123_000031"
+    assert _run(published_dataset, out, run_id, "--lora=true", "--lora-r", "4") == 0
+    model = AutoModelForSequenceClassification.from_pretrained(out / run_id)
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged before saving
