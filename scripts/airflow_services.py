@@ -238,8 +238,10 @@ class AirflowServices:
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
-        body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti for ti in body["task_instances"]}
+        """Every task instance of the run, by task id (`<task id>[<map index>]` for a mapped task's instances)."""
+        body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
+        return {(ti["task_id"] if ti.get("map_index", -1) in (-1, None) else f"{ti['task_id']}[{ti['map_index']}]"): ti
+                for ti in body["task_instances"]}
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600, progress=None) -> str:
         deadline = time.monotonic() + timeout

@@ -114,7 +114,9 @@ def _runs(services, dag_id: str) -> list[dict]:
 def _log_tail(services, dag_id: str, run_id: str, task: dict, lines: int = 30) -> str:
     try:
         body = services.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task['task_id']}"
-                                       f"/logs/{max(task.get('try_number') or 1, 1)}?full_content=true")
+                                       f"/logs/{max(task.get('try_number') or 1, 1)}?full_content=true"
+                                       + (f"&map_index={task['map_index']}" if task.get("map_index", -1) not in (-1, None)
+                                          else ""))
         events = []
         for entry in body.get("content", []):
             if isinstance(entry, dict):

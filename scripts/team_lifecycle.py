@@ -408,7 +408,8 @@ class LiveLogProbe:
                         continue
                     body = self.services.request(
                         "GET", f"/api/v2/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/"
-                               f"{ti['task_id']}/logs/{max(ti.get('try_number') or 1, 1)}?full_content=true")
+                               f"{ti['task_id']}/logs/{max(ti.get('try_number') or 1, 1)}?full_content=true"
+                               + (f"&map_index={ti['map_index']}" if ti.get("map_index", -1) not in (-1, None) else ""))
                     sources = [str(e.get("event", "")) for e in body.get("content", [])[:4] if isinstance(e, dict)]
                     served = next((x for x in sources if x.startswith(f"http://{ti['hostname']}:")), None)
                     if served:
@@ -423,8 +424,9 @@ def read_back_logs(services, placed: list[dict]) -> dict[str, str]:
     found = {}
     for worker in sorted({p["worker"] for p in placed}):
         p = next(p for p in placed if p["worker"] == worker and p["state"] == "success")
+        mapped = f"&map_index={p['map_index']}" if p.get("map_index", -1) not in (-1, None) else ""
         body = services.request("GET", f"/api/v2/dags/{p['dag_id']}/dagRuns/{p['run_id']}/taskInstances/"
-                                       f"{p['task_id']}/logs/1?full_content=true")
+                                       f"{p['task_id']}/logs/1?full_content=true{mapped}")
         text = json.dumps(body.get("content", []))
         source = f"s3://{BUCKET}/airflow/logs" if f"s3://{BUCKET}/airflow/logs" in text else "elsewhere"
         found[worker] = f"{p['dag_id']}.{p['task_id']}: {len(body.get('content', []))} log lines, read from {source}"
@@ -445,6 +447,7 @@ def task_placement(services) -> list[dict]:
         for ti in sorted(tis.values(), key=lambda t: t.get("start_date") or ""):
             if ti.get("hostname"):
                 placed.append({"dag_id": dag_id, "run_id": run["dag_run_id"], "task_id": ti["task_id"],
+                               "map_index": ti.get("map_index", -1),
                                "state": ti["state"], "hostname": ti["hostname"], "worker": worker_of(ti["hostname"]),
                                "queue": ti.get("queue")})
     return placed
