@@ -23,6 +23,7 @@ import re
 import sys
 
 from include.core import names
+from include.core.tracking import all_pages
 from include.registration.registry import run_in_store
 
 MODEL = names.REGISTERED_MODEL_NAME
@@ -51,16 +52,6 @@ def _value(tags: dict, key: str) -> str | None:
 
 def _airflow(dag_id: str | None, run_id: str | None) -> dict | None:
     return {"dag_id": dag_id, "run_id": run_id} if run_id else None
-
-
-def _pages(fetch) -> list:
-    found, token = [], None
-    while True:
-        page = fetch(token)
-        found += list(page)
-        token = getattr(page, "token", None)
-        if not token:
-            return found
 
 
 def _version(client, reference: str):
@@ -111,7 +102,7 @@ def _evaluations(client, version: str, current_run_id: str | None) -> list[dict]
     experiment_id = _experiment_id(client, names.EXPERIMENT_OFFLINE_EVAL)
     if experiment_id is None:
         return []
-    runs = _pages(lambda token: client.search_runs(
+    runs = all_pages(lambda token: client.search_runs(
         [experiment_id], filter_string=f"tags.model_name = {_quoted(MODEL)} AND tags.model_version = {_quoted(version)}",
         order_by=["attributes.start_time ASC"], max_results=PAGE, page_token=token))
     found = []
@@ -248,7 +239,7 @@ def versions_trained_on(dataset_version: str, revision: str | None = None) -> li
     if not re.match(DATASET_VERSION_PATTERN, dataset_version or ""):
         raise ValueError(f"a dataset version is YYYY-MM-DD, got {dataset_version!r}")
     client = _client()
-    versions = _pages(lambda token: client.search_model_versions(
+    versions = all_pages(lambda token: client.search_model_versions(
         f"name = {_quoted(MODEL)} and tags.dataset_version = {_quoted(dataset_version)}",
         max_results=PAGE, page_token=token))
     found = []

@@ -5,6 +5,7 @@ screenshots under test-artifacts/."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -65,16 +66,13 @@ class Page:
         return path
 
 
-@pytest.fixture(scope="module")
-def browser_stack(tmp_path_factory):
-    from scripts.airflow_env import airflow_env
-
-    base = tmp_path_factory.mktemp("ui")
-    services = AirflowServices(base / "airflow", airflow_env()).start()
+@contextlib.contextmanager
+def headless_chromium(user_data_dir: Path, window_size: str):
+    """Debian's chromium, headless, as a DevTools `Page` (Page and Runtime enabled); stopped after."""
     port = free_port()
     chromium = subprocess.Popen(
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--remote-debugging-port={port}", f"--user-data-dir={base / 'chromium'}", "--window-size=1400,1000",
+         f"--remote-debugging-port={port}", f"--user-data-dir={user_data_dir}", f"--window-size={window_size}",
          "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -92,12 +90,24 @@ def browser_stack(tmp_path_factory):
         page = Page(targets[0]["webSocketDebuggerUrl"])
         page.send("Page.enable")
         page.send("Runtime.enable")
-        for dag_id in (names.DAG_TRAINING, names.DAG_REGISTRATION):
-            services.wait_for_dag(dag_id)
-        yield services, page
+        yield page
     finally:
         chromium.terminate()
         chromium.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser_stack(tmp_path_factory):
+    from scripts.airflow_env import airflow_env
+
+    base = tmp_path_factory.mktemp("ui")
+    services = AirflowServices(base / "airflow", airflow_env()).start()
+    try:
+        with headless_chromium(base / "chromium", "1400,1000") as page:
+            for dag_id in (names.DAG_TRAINING, names.DAG_REGISTRATION):
+                services.wait_for_dag(dag_id)
+            yield services, page
+    finally:
         services.stop()
 
 

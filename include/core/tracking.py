@@ -58,3 +58,15 @@ def dataset_source(uri: str):
             return resolve_dataset_source(location)
         except Exception:  # noqa: BLE001 - MLflow raises its own exception type per resolver
             return HTTPDatasetSource(location)
+
+
+def all_pages(fetch) -> list:
+    """Every item of an MLflow search whose results come in pages: `fetch(page_token)` returns a
+    PagedList (its `token` names the next page, None after the last)."""
+    found, token = [], None
+    while True:
+        page = fetch(token)
+        found += list(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return found

@@ -19,6 +19,7 @@ import re
 from datetime import UTC, datetime
 
 from include.core import names
+from include.core.tracking import all_pages
 
 MODEL = names.REGISTERED_MODEL_NAME
 PAGE = 1000
@@ -64,22 +65,12 @@ def _quoted(value: str) -> str:
     return f"'{value}'"
 
 
-def _pages(fetch) -> list:
-    found, token = [], None
-    while True:
-        page = fetch(token)
-        found += list(page)
-        token = getattr(page, "token", None)
-        if not token:
-            return found
-
-
 # ------------------------------------------------------------------------------------------- reading
 
 
 def read_versions(client) -> list:
     """Every registered version of the model, lowest first."""
-    versions = _pages(lambda token: client.search_model_versions(
+    versions = all_pages(lambda token: client.search_model_versions(
         f"name = {_quoted(MODEL)}", max_results=PAGE, page_token=token))
     return sorted(versions, key=lambda v: int(v.version))
 
@@ -103,7 +94,7 @@ def read_runs(client, experiment_name: str, filter_string: str = "") -> list:
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
-    return _pages(lambda token: client.search_runs([experiment.experiment_id], filter_string=filter_string,
+    return all_pages(lambda token: client.search_runs([experiment.experiment_id], filter_string=filter_string,
                                                    order_by=["attributes.start_time ASC"], max_results=PAGE,
                                                    page_token=token))
 
@@ -357,7 +348,7 @@ def dataset_document(client, version: str) -> dict:
     revisions = [_dataset_entry(run) for run in
                  read_runs(client, names.EXPERIMENT_DATASET, f"tags.dataset_version = {_quoted(version)}")]
     trained, aliases = [], read_aliases(client)
-    found = _pages(lambda token: client.search_model_versions(
+    found = all_pages(lambda token: client.search_model_versions(
         f"name = {_quoted(MODEL)} and tags.dataset_version = {_quoted(version)}", max_results=PAGE, page_token=token))
     for v in sorted(found, key=lambda v: int(v.version)):
         tags = dict(v.tags or {})

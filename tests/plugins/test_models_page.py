@@ -308,17 +308,9 @@ def test_the_api_answers_what_the_records_hold(api_server, lifecycle):
 @pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_the_page_in_a_browser(api_server, tmp_path):
-    from tests.test_ui_browser import Page
+    from tests.test_ui_browser import headless_chromium
 
-    port = _free_port()
-    chromium = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--remote-debugging-port={port}", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1400",
-         "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        page = Page(_devtools_target(port))
-        page.send("Page.enable")
-        page.send("Runtime.enable")
+    with headless_chromium(tmp_path / "chromium", "1400,1400") as page:
         url = api_server["url"]
         # as a person: sign in to the UI; its `_token` cookie then opens the page
         page.send("Page.navigate", url=f"{url}/auth/login/")
@@ -359,30 +351,6 @@ def test_the_page_in_a_browser(api_server, tmp_path):
             time.sleep(0.5)
         assert "Models" in items, items
         page.screenshot(ARTIFACTS / "models-page-nav.png")
-    finally:
-        chromium.terminate()
-        chromium.wait(timeout=30)
-
-
-def _free_port() -> int:
-    from scripts.airflow_services import free_port
-
-    return free_port()
-
-
-def _devtools_target(port: int) -> str:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as response:
-                targets = [t for t in json.loads(response.read()) if t["type"] == "page"]
-            if targets:
-                return targets[0]["webSocketDebuggerUrl"]
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("chromium's DevTools endpoint never answered")
-        time.sleep(0.5)
 
 
 def test_the_plugin_module_imports_nothing_heavy():
