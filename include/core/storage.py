@@ -273,15 +273,30 @@ def publish_revision(staging: Path, final_uri: str) -> dict:
     return {**result, "created": True}
 
 
+def revision_digest(revision_uri: str) -> str:
+    """`content_digest_of` computed where the revision lies, each file streamed from its store:
+    no scratch copy, so it costs one read of the bytes on a local root and on object storage alike."""
+    import hashlib
+
+    from include.core.hashing import stream_sha256
+
+    if is_local(revision_uri):
+        return content_digest_of(local_path(revision_uri))
+    fs, path = filesystem(revision_uri)
+    base = path.rstrip("/")
+    digest = hashlib.sha256()
+    for remote in sorted(fs.find(base)):
+        name = remote[len(base) + 1:]
+        if name not in UNDIGESTED_FILES:
+            digest.update(f"{name}\0{stream_sha256(fs, remote)}\n".encode())
+    return digest.hexdigest()
+
+
 def verify_revision(revision_uri: str, digest: str) -> list[str]:
     """What is wrong with a revision the caller expects to hold `digest` (empty: it does)."""
-    import tempfile
-
     if not is_complete(revision_uri):
         return [f"dataset revision {revision_uri} is not complete or no longer exists"]
-    with tempfile.TemporaryDirectory(prefix="planner-verify-dataset-") as scratch:
-        directory = local_path(revision_uri) if is_local(revision_uri) else download_dir(revision_uri, Path(scratch))
-        found = content_digest_of(directory)
+    found = revision_digest(revision_uri)
     if found != digest:
         return [f"dataset revision {revision_uri} holds content {found[:16]}, not the {digest[:16]} it was "
                 f"trained on: its files changed after publication"]

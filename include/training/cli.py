@@ -130,6 +130,9 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int):
         cutoff = training_cutoff(version, holdout_days)
     except ValueError as exc:
         raise DatasetError(f"dataset {uri}: directory name {version!r} is not a version (YYYY-MM-DD)") from exc
+    if content["digest"] and storage.revision_digest(content["uri"]) != content["digest"]:
+        raise DatasetError(f"dataset {uri}: revision {content['revision']} no longer holds the content "
+                           f"{content['digest'][:16]} it was published with (its files changed): nothing was trained")
     table = pq.read_table(rows_file, columns=list(REQUIRED_COLUMNS), filesystem=fs)
     table = table.filter(pc.less(table["accepted_at"], cutoff))
     if max_rows:

@@ -29,7 +29,8 @@ def _copy_dataset(uri: str, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("breakage", ["missing", "no_success", "wrong_schema", "all_after_cutoff", "not_a_version"])
+@pytest.mark.parametrize("breakage", ["missing", "no_success", "wrong_schema", "all_after_cutoff", "not_a_version",
+                                      "tampered"])
 def test_bad_input_is_refused_before_training(published_dataset, tmp_path, capsys, breakage):
     dataset = _copy_dataset(published_dataset, tmp_path)
     content = Path(storage.resolve(str(dataset)))  # the copy's published revision
@@ -42,6 +43,9 @@ def test_bad_input_is_refused_before_training(published_dataset, tmp_path, capsy
         pq.write_table(table, content / names.DATASET_TRAINING_FILE)
     elif breakage == "all_after_cutoff":
         pass  # holdout of the whole window below
+    elif breakage == "tampered":  # same schema, one row fewer: only the revision's digest tells
+        table = pq.read_table(content / names.DATASET_TRAINING_FILE)
+        pq.write_table(table.slice(1), content / names.DATASET_TRAINING_FILE)
     else:
         dataset = dataset.rename(dataset.parent / "latest")
     extra = ["--holdout-days", "60"] if breakage == "all_after_cutoff" else []
@@ -53,7 +57,7 @@ def test_bad_input_is_refused_before_training(published_dataset, tmp_path, capsy
     assert reason.startswith("planner-train: bad input:")
     assert {"missing": "does not exist", "no_success": "_SUCCESS", "wrong_schema": "lacks columns ['target']",
             "all_after_cutoff": "no rows accepted before the training cutoff",
-            "not_a_version": "not a version"}[breakage] in reason
+            "not_a_version": "not a version", "tampered": "no longer holds the content"}[breakage] in reason
     assert not out.exists() or not any(out.rglob(names.SUCCESS_MARKER))
 
 
