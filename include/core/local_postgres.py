@@ -48,10 +48,14 @@ def embedded_server_dsn() -> str:
 def stop_embedded() -> None:
     """Stop the embedded server if this project started one (`make clean`)."""
     pgdata = embedded_pgdata()
-    if pgdata.exists():
+    if (pgdata / "postmaster.pid").exists():
         import pgserver
 
-        pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        # A handle this process opened earlier (cleanup_mode None, so the server outlives it) is
+        # returned as is, and its cleanup would leave the server running.
+        server.cleanup_mode = "stop"
+        server.cleanup()
 
 
 def ensure_database(dsn: str) -> str:

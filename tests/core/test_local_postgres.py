@@ -34,6 +34,9 @@ def test_embedded_server_starts_when_none_answers_and_airflow_reaches_it(embedde
     assert table.to_pylist()[0]["n"] == 0 and table.to_pylist()[0]["v"] >= 160000
     assert local_postgres.ensure_database(dead) == dsn  # reuses the running server and database
 
+    local_postgres.stop_embedded()  # what `make clean` does: the server this process started stops
+    assert not local_postgres.server_answers(dsn)
+
 
 @pytest.mark.parametrize(("fields", "uri"), [
     (("127.0.0.1", 5432, "postgres", None, "planner_events", {}), "postgresql://postgres@127.0.0.1:5432/planner_events"),
