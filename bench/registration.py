@@ -1,6 +1,7 @@
 """Registering a large model directory against copying it, and a rerun that finds the version.
 
-    python -m bench.registration [--megabytes 500]
+    python -m bench.registration [--megabytes 500] [--rounds 5]
+    python -m bench.registration --from-object-store [--megabytes 500] [--rounds 3]
 
 Builds a DistilBERT-style model of about the given size from a config (random weights, no
 hub), saves it as the trainer does (weights, tokenizer, recipe catalogue, manifest,
@@ -10,6 +11,18 @@ hub), saves it as the trainer does (weights, tokenizer, recipe catalogue, manife
   rounds, each on a new directory, alternating which goes first, each after os.sync();
 - the same registration again, which finds the version (goal < 1 s);
 - verification (manifest sha256s, load and score) on its own, for information.
+
+With --from-object-store, the team's case: an S3-protocol server on loopback (moto's, as
+bench/object_storage.py starts it) holds the storage root and MLflow's artifacts, and an MLflow
+tracking server (SQLite store, artifacts written by the client straight to the bucket, as
+`make team-lifecycle` runs it) is the registry. Per round, on a new model directory published to
+the bucket as the trainer publishes it, alternating which goes first, it times:
+- the baseline: a raw download of the published files (s3fs `get_file`, the client registration
+  reads with) plus a raw upload of the same bytes to a fresh prefix (boto3 `upload_file`, the
+  client MLflow's S3 artifact repository writes with);
+- `registry.register_uri` of the `s3://` model directory (a download to scratch, then the pyfunc
+  model logged to the server, the version, its tags and alias): goal <= 1.5x the baseline.
+Each round's objects are deleted afterwards (moto keeps them in memory).
 """
 from __future__ import annotations
 
@@ -53,11 +66,126 @@ def size_mb(directory: Path) -> float:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 1e6
 
 
+def raw_download_upload(fs, client, bucket: str, published_uri: str, scratch: Path, target_prefix: str) -> float:
+    """The baseline: every published file down to a local scratch directory, then the same bytes
+    up to `target_prefix` of the bucket; the scratch copy is removed (outside the timing)."""
+    started = time.perf_counter()
+    base = published_uri.removeprefix("s3://").rstrip("/")
+    files = []
+    for remote in sorted(fs.find(base)):
+        local = scratch / remote[len(base) + 1:]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(local))
+        files.append(local)
+    for local in files:
+        client.upload_file(str(local), bucket, f"{target_prefix}/{local.relative_to(scratch).as_posix()}")
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(scratch, ignore_errors=True)
+    return elapsed
+
+
+def delete_prefix(client, bucket: str, prefix: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+
+def from_object_store(args) -> int:
+    """Registration of a model directory on object storage into an MLflow server whose artifacts
+    are in the same store, against a raw download plus a raw upload of the same bytes."""
+    from scripts.airflow_services import MlflowServer
+    from scripts.object_store import S3Server
+
+    bucket = "planner-bench"
+    work = Path(tempfile.mkdtemp(prefix="bench-registration-s3-", dir=os.environ.get("BENCH_TMP")))
+    server = S3Server(work / "s3").start()
+    mlflow_server = None
+    try:
+        os.environ.update(server.client_env())
+        server.create_bucket(bucket)
+        mlflow_server = MlflowServer(work / "mlflow", artifact_root=f"s3://{bucket}/mlflow",
+                                     env=server.client_env()).start(timeout=180)
+        os.environ.update({"MLFLOW_TRACKING_URI": mlflow_server.url,
+                           "PLANNER_STORAGE_ROOT": f"s3://{bucket}/planner",
+                           "PLANNER_MLFLOW_ARTIFACT_ROOT": f"s3://{bucket}/mlflow"})
+        from include.core import storage
+        from include.registration.registry import _ensure_registered_model, register_uri, registry_client
+
+        client = server.client()
+        fs, _ = storage.filesystem(f"s3://{bucket}/x")
+        _ensure_registered_model(registry_client())
+
+        def published_model(name: str, megabytes: int) -> tuple[str, float]:
+            staging = work / "staging" / name
+            build_model_dir(staging, megabytes)
+            size = size_mb(staging)
+            uri = storage.join(storage.models_root(), name)
+            storage.publish_dir(staging, uri)
+            return uri, size
+
+        # Fixed cost: a 1 MB model, twice (the first in a process also pays MLflow's package scan).
+        tiny, _ = published_model("planner_acceptance-v20261123_000001", 1)
+        started = time.perf_counter()
+        register_uri(tiny)
+        first_tiny_s = time.perf_counter() - started
+        tiny, _ = published_model("planner_acceptance-v20261123_000002", 1)
+        started = time.perf_counter()
+        register_uri(tiny)
+        fixed_s = time.perf_counter() - started
+
+        raws, registrations = [], []
+        for round_ in range(args.rounds):
+            name = f"planner_acceptance-v20261123_2000{round_:02d}"
+            uri, size = published_model(name, args.megabytes)
+            if round_ == 0:
+                print(f"model directory: {size:.0f} MB published at {uri} ({storage.resolve(uri)})", flush=True)
+            steps = ["raw", "register"] if round_ % 2 == 0 else ["register", "raw"]
+            for step in steps:
+                if step == "raw":
+                    raws.append(raw_download_upload(fs, client, bucket, storage.resolve(uri),
+                                                    work / f"raw-{round_}", f"raw/{round_}"))
+                else:
+                    started = time.perf_counter()
+                    registration = register_uri(uri)
+                    registrations.append(time.perf_counter() - started)
+                    assert registration.created, registration
+            print(f"  round {round_ + 1}: raw download+upload {raws[-1]:.2f} s, register_uri "
+                  f"{registrations[-1]:.2f} s ({registrations[-1] / raws[-1]:.2f}x)", flush=True)
+            for prefix in (f"raw/{round_}", f"planner/models/{name}"):
+                delete_prefix(client, bucket, prefix)
+
+        raw_s, register_s = statistics.median(raws), statistics.median(registrations)
+        ratios = [r / b for r, b in zip(registrations, raws)]
+        print(f"rounds: {args.rounds}; raw download+upload {', '.join(f'{b:.2f}' for b in raws)} s; "
+              f"register_uri {', '.join(f'{r:.2f}' for r in registrations)} s; "
+              f"ratio per round {', '.join(f'{q:.2f}' for q in ratios)} (median {statistics.median(ratios):.2f}x)")
+        print(f"raw download + upload (baseline): {raw_s:6.2f} s   (median, {size:.0f} MB)")
+        print(f"register_uri from s3:// (new):    {register_s:6.2f} s   (median) ratio {register_s / raw_s:.2f}x   "
+              f"(goal <= 1.5x)")
+        print(f"  of which fixed cost:            {fixed_s:6.2f} s   (a 1 MB model; the first in a process: "
+              f"{first_tiny_s:.2f} s)")
+        print(f"  size-dependent part:            {register_s - fixed_s:6.2f} s   ratio "
+              f"{(register_s - fixed_s) / raw_s:.2f}x the baseline")
+    finally:
+        if mlflow_server is not None:
+            mlflow_server.stop()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=None, help="default 5 (3 with --from-object-store)")
+    parser.add_argument("--from-object-store", action="store_true",
+                        help="the model on an S3-protocol store, registered into an MLflow server (see above)")
     args = parser.parse_args(argv)
+    if args.from_object_store:
+        args.rounds = args.rounds or 3
+        return from_object_store(args)
+    args.rounds = args.rounds or 5
 
     work = Path(tempfile.mkdtemp(prefix="bench-registration-", dir=os.environ.get("BENCH_TMP")))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"

@@ -44,9 +44,29 @@ def spawn_service(argv: list[str], env: dict[str, str], log_path: Path, cwd: Pat
                                 preexec_fn=_die_with_parent, cwd=cwd)
 
 
-def stop_service(process: subprocess.Popen, timeout: float = 30) -> None:
+def descendants(process: subprocess.Popen) -> list:
+    """Every process the service has started, recursively (psutil handles: safe against a reused pid)."""
+    import psutil
+
+    if process.poll() is not None:
+        return []
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def stop_service(process: subprocess.Popen, timeout: float = 30, started: list | None = None) -> None:
     """SIGTERM to the service's whole process group, SIGKILL if it lingers, then a sweep of the group
-    (a task process the service left behind)."""
+    (a task process the service left behind), then of every process it had started that left the
+    group (a worker or task child in a session of its own: gunicorn/uvicorn workers, Celery's pool,
+    a task's own children): SIGTERM, and SIGKILL after 5 s. `started`: those processes, listed before
+    any signal was sent (a caller that signals several services at once lists them first), else
+    listed here; a child whose parent has died is re-parented and can no longer be found."""
+    import psutil
+
+    started = descendants(process) if started is None else started
+
     def signal_group(sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
@@ -59,6 +79,24 @@ def stop_service(process: subprocess.Popen, timeout: float = 30) -> None:
             signal_group(signal.SIGKILL)
             process.wait(timeout=timeout)
     signal_group(signal.SIGKILL)
+    left = [p for p in started if _alive(p)]
+    for leftover in left:
+        with contextlib.suppress(psutil.Error):
+            leftover.terminate()  # psutil checks it is still the same process (pid and start time)
+    _, lingering = psutil.wait_procs(left, timeout=5)
+    for leftover in lingering:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    psutil.wait_procs(lingering, timeout=5)
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @contextlib.contextmanager
@@ -187,12 +225,13 @@ class AirflowServices:
         raise TimeoutError(f"Airflow services not healthy after {timeout}s at {self.url}")
 
     def stop(self) -> None:
+        started = {name: descendants(process) for name, process in self.processes.items()}  # before any signal
         for process in self.processes.values():
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGTERM)  # all at once: they shut down in parallel
-        for process in self.processes.values():
-            stop_service(process)
+        for name, process in self.processes.items():
+            stop_service(process, started=started[name])
         self.processes.clear()
 
     # --- REST -----------------------------------------------------------------------------

@@ -60,6 +60,41 @@ def test_a_service_does_not_outlive_its_command(sig, tmp_path):
     assert _wait_gone([service_pid], timeout=10) == []
 
 
+LEAVER = textwrap.dedent("""
+    import signal, subprocess, sys, time
+    # A child in a session of its own (as a worker's pool or a task's child may be): the group's
+    # signals miss it. The service itself ignores SIGTERM, so that stop_service escalates.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    grandchild = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                                   "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+                                  start_new_session=True)
+    print(child.pid, grandchild.pid, flush=True)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(600)
+""")
+
+
+def test_stop_service_sweeps_the_children_that_left_its_group(tmp_path):
+    from scripts.airflow_services import spawn_service, stop_service
+
+    log = tmp_path / "leaver.log"
+    service = spawn_service([sys.executable, "-c", LEAVER], dict(os.environ), log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not log.read_text().strip():
+        time.sleep(0.1)
+    children = [int(pid) for pid in log.read_text().split()]
+    assert len(children) == 2 and not any(_gone(pid) for pid in children)
+    assert all(os.getpgid(pid) != service.pid for pid in children)  # outside the service's group
+    try:
+        stop_service(service, timeout=2)
+        assert service.poll() is not None
+        assert _wait_gone(children, timeout=10) == [], "a child that left the group outlived its service"
+    finally:
+        for pid in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_sigterm_to_make_airflow_stops_every_airflow_service(events_dsn, tmp_path):
