@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import OFFLINE_EVAL_ASSET, REGISTERED_MODEL_ASSET
 
@@ -43,7 +44,8 @@ def _fail(error: Exception):
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "evaluation", "mlflow"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 1,
+                  "retry_delay": timedelta(minutes=1)},
     params={
         "model_version": Param(None, type=["null", "string"], pattern=r"^([0-9]+|[A-Za-z_][A-Za-z0-9_-]*)$",
                                title="Model version",

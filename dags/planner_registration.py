@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import MODEL_ARTIFACTS_ASSET, REGISTERED_MODEL_ASSET
 from include.core.config import registration_settings
@@ -51,7 +52,7 @@ SETTINGS = registration_settings()
     catchup=False,
     doc_md=__doc__,
     tags=["planner", "registration", "mlflow"],
-    default_args={"owner": "ml-platform", "retries": 0},
+    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
     params={
         "model_path": Param(None, type=["null", "string"], title="Model path",
                             description="A run directory under the models root: a path or URI under it (e.g. "

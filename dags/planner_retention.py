@@ -42,6 +42,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.alerts import failure_notifiers
 from include.core import names
 from include.retention import DAG_RETENTION
 
@@ -78,7 +79,7 @@ def _plan(now: datetime) -> tuple[list, list, dict]:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "retention", "maintenance"],
-    default_args={"owner": "ml-platform", "retries": 0},
+    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
     params={
         "dry_run": Param(True, type="boolean", title="Dry run",
                          description="List what would be removed, remove nothing. Scheduled runs ignore this "

@@ -44,6 +44,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import DATASET_ASSET, MODEL_ARTIFACTS_ASSET
 from include.core.config import settings, training_settings
@@ -62,7 +63,8 @@ TRAINING_RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='resolve_inputs', key='trai
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "training", "gpu"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 2,
+                  "retry_delay": timedelta(minutes=5)},
     params={
         "backend": Param(DEPLOY.backend, type="string", enum=list(BACKENDS), title="Backend"),
         "dataset_version": Param(None, type=["null", "string"], format="date", title="Dataset version",

@@ -43,6 +43,8 @@ class Settings:
     dataset_schedule: str | None  # cron of planner_dataset (default: Monday 00:00 UTC + the lateness allowance);
     #                               None: only triggered (from the UI, REST or make lifecycle)
     dataset_lateness_hours: int  # planner_dataset waits this long after a window's Monday 00:00 UTC end (0..72)
+    dataset_batch_rows: int = 20_000  # rows per batch wherever the dataset phase reads a table back (assembly,
+    #                                   quarantine, validation, summary, log_dataset): its memory, not the window's
 
 
 def _lateness_hours() -> int:
@@ -50,6 +52,13 @@ def _lateness_hours() -> int:
     if not 0 <= hours <= 72:
         raise ValueError(f"PLANNER_DATASET_LATENESS_HOURS must be 0..72, got {hours}")
     return hours
+
+
+def _batch_rows() -> int:
+    rows = int(_env("PLANNER_DATASET_BATCH_ROWS", "20000"))
+    if rows < 1:
+        raise ValueError(f"PLANNER_DATASET_BATCH_ROWS must be a positive number of rows, got {rows}")
+    return rows
 
 
 def settings() -> Settings:
@@ -70,6 +79,7 @@ def settings() -> Settings:
         dataset_schedule=None if _env("PLANNER_DATASET_SCHEDULE", weekly).lower() in ("none", "off", "manual")
         else _env("PLANNER_DATASET_SCHEDULE", weekly),
         dataset_lateness_hours=lateness,
+        dataset_batch_rows=_batch_rows(),
     )
 
 
@@ -89,6 +99,9 @@ class TrainingSettings:
     databricks_cluster: dict
     trainer_wheel: str         # where the planner-trainer wheel was uploaded (a Volume or DBFS path)
     shm_size: str              # the pod's memory-backed /dev/shm (NCCL, multi-GPU runs)
+    memory_base_gib: int       # the pod's memory limit: this base (it holds /dev/shm) ...
+    memory_per_gpu_gib: int    # ... plus this per training process (each rank builds its examples)
+    cpu_per_gpu: int           # CPU request per training process
 
 
 def training_settings() -> TrainingSettings:
@@ -112,6 +125,9 @@ def training_settings() -> TrainingSettings:
         trainer_wheel=_env("PLANNER_TRAINER_WHEEL",
                            "/Volumes/ml/planner/wheels/planner_trainer-0.1.0-py3-none-any.whl"),
         shm_size=_env("PLANNER_TRAINING_SHM_SIZE", "16Gi"),
+        memory_base_gib=int(_env("PLANNER_TRAINING_MEMORY_BASE_GIB", "36")),
+        memory_per_gpu_gib=int(_env("PLANNER_TRAINING_MEMORY_PER_GPU_GIB", "12")),
+        cpu_per_gpu=int(_env("PLANNER_TRAINING_CPU_PER_GPU", "6")),
     )
 
 
@@ -138,4 +154,48 @@ def registration_settings() -> RegistrationSettings:
         register_retry_delay_s=int(_env("PLANNER_REGISTER_RETRY_DELAY_S", "60")),
         wait_mode=mode,
         aws_conn_id=None if conn_id.lower() == "none" else conn_id,
+    )
+
+
+# ------------------------------------------------------------------------------------------- the MLflow UI, alerts
+
+MLFLOW_UI_LOCAL_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (scripts print the command)
+
+
+def mlflow_ui_url() -> str | None:
+    """The MLflow UI's address for links (the models page, the tasks' extra links): PLANNER_MLFLOW_UI_URL,
+    else the tracking server when it is one (http/https), else None (a local store: no UI is known)."""
+    explicit = _env("PLANNER_MLFLOW_UI_URL", "")
+    if explicit:
+        return explicit.rstrip("/")
+    uri = settings().mlflow_tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Who is told when the lifecycle needs a person (include/alerts/). Off unless recipients are set."""
+    email_to: tuple[str, ...]      # PLANNER_ALERT_EMAIL_TO, comma-separated; empty: no e-mail alerts
+    email_from: str | None         # PLANNER_ALERT_EMAIL_FROM; empty: the SMTP connection's from_email
+    smtp_conn_id: str              # PLANNER_ALERT_SMTP_CONN_ID (an Airflow connection, e.g. AIRFLOW_CONN_SMTP_ALERTS)
+    airflow_ui_url: str            # PLANNER_AIRFLOW_UI_URL: where the messages' Airflow links point
+    chain_deadline_hours: int      # PLANNER_CHAIN_DEADLINE_HOURS: promotion decided by the dataset's Monday + this
+    drift_alerts: bool             # PLANNER_ALERT_ON_DRIFT (default true): alert when drift is over its threshold
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.email_to)
+
+
+def alert_settings() -> AlertSettings:
+    hours = int(_env("PLANNER_CHAIN_DEADLINE_HOURS", "30"))
+    if not 1 <= hours <= 24 * 7:
+        raise ValueError(f"PLANNER_CHAIN_DEADLINE_HOURS must be 1..168, got {hours}")
+    return AlertSettings(
+        email_to=tuple(a.strip() for a in _env("PLANNER_ALERT_EMAIL_TO", "").split(",") if a.strip()),
+        email_from=_env("PLANNER_ALERT_EMAIL_FROM", "") or None,
+        smtp_conn_id=_env("PLANNER_ALERT_SMTP_CONN_ID", "smtp_default"),
+        airflow_ui_url=_env("PLANNER_AIRFLOW_UI_URL", f"http://127.0.0.1:{_env('AIRFLOW_PORT', '8080')}").rstrip("/"),
+        chain_deadline_hours=hours,
+        drift_alerts=_env("PLANNER_ALERT_ON_DRIFT", "true").lower() not in ("false", "0", "no", "off"),
     )

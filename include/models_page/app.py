@@ -129,13 +129,9 @@ def events_dsn() -> str | None:
 
 def mlflow_ui() -> str | None:
     """Where MLflow run links point: PLANNER_MLFLOW_UI_URL, else the tracking server when it is one."""
-    from include.core.config import settings
+    from include.core.config import mlflow_ui_url
 
-    explicit = os.environ.get("PLANNER_MLFLOW_UI_URL", "").strip()
-    if explicit:
-        return explicit
-    uri = settings().mlflow_tracking_uri
-    return uri if uri.startswith(("http://", "https://")) else None
+    return mlflow_ui_url()
 
 
 def cache_seconds() -> tuple[float, float]:

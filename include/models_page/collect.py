@@ -5,7 +5,8 @@
   `eval_*` tags and `evaluation_run_id`, the promotion tags) and the `champion` alias;
 - MLflow runs: the evaluations (`planner_offline_eval`: the share of the oracle, the evaluation's
   Airflow run) and the dataset runs (`planner_dataset`: rows, quarantine counts by reason, the dataset
-  DAG run), one search per experiment whatever the number of versions;
+  DAG run, the drift against the previous version that include/drift logged), one search per experiment
+  whatever the number of versions;
 - the `ml` schema: every promotion decision (outcome, reasons, approver, the promotion DAG run), the
   changes of champion (promotions and rollbacks) and the current deployment.
 
@@ -25,6 +26,7 @@ MODEL = names.REGISTERED_MODEL_NAME
 PAGE = 1000
 DATASET_VERSION_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 QUARANTINE_PREFIX = "quarantined_"  # the dataset run's metric per reject reason (include/dataset/tracking.py)
+DRIFT_PREFIX = "drift.psi."  # the dataset run's PSI per input against the previous version (include/drift/tracking.py)
 
 
 class NotFound(LookupError):
@@ -155,11 +157,30 @@ def _dataset_entry(run) -> dict:
         "duplicate_deliveries": _int(metrics.get("duplicate_deliveries")),
         "duplicate_acceptances": _int(metrics.get("duplicate_acceptances")),
         "generated_never_accepted": _int(metrics.get("generated_never_accepted")),
+        "drift": _drift(tags, metrics),
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment_id": run.info.experiment_id,
         "airflow": _airflow(_value(tags, "airflow_dag_id"), _value(tags, "airflow_run_id")),
         "logged_at": _iso_ms(run.info.start_time),
     }
+
+
+def _drift(tags: dict, metrics: dict) -> dict | None:
+    """The drift `include.drift.tracking.log_drift` recorded in the dataset run (against the previous version):
+    its status, the features over their limit, each feature's PSI; None where none was recorded."""
+    status = _value(tags, "drift_status")
+    if status is None:
+        return None
+
+    def split(key: str) -> list[str]:
+        return [x for x in (tags.get(key) or "").split(",") if x]
+
+    return {"status": status, "previous_version": _value(tags, "drift_previous_version"),
+            "previous_revision": _value(tags, "drift_previous_revision"),
+            "over_threshold": split("drift_over_threshold"), "warnings": split("drift_warnings"),
+            "max_psi": metrics.get("drift.max_psi"), "error": _value(tags, "drift_error"),
+            "psi": {key[len(DRIFT_PREFIX):]: value for key, value in sorted(metrics.items())
+                    if key.startswith(DRIFT_PREFIX)}}
 
 
 def _int(value) -> int | None:
@@ -224,12 +245,12 @@ def _version_entry(version, evaluations: list, datasets: dict, decisions: list[d
                "uri": _value(tags, "dataset_uri"), "revision_uri": _value(tags, "dataset_revision_uri"),
                "rows": None, "quarantined": None, "bad_share": None, "quarantined_by_reason": {},
                "quarantine_share_by_reason": {}, "mlflow_run_id": None, "mlflow_experiment_id": None,
-               "airflow": None}
+               "airflow": None, "drift": None}
     if dataset_run is not None:
         entry = _dataset_entry(dataset_run)
         dataset.update({k: entry[k] for k in ("rows", "quarantined", "bad_share", "quarantined_by_reason",
                                               "quarantine_share_by_reason", "mlflow_run_id", "mlflow_experiment_id",
-                                              "airflow")})
+                                              "airflow", "drift")})
     mine = [d for d in decisions if d["version"] == number]
     return {
         "version": number,

@@ -21,6 +21,7 @@ th,td{border-bottom:1px solid #d8dee4;padding:4px 6px;text-align:left;vertical-a
 th{background:#f6f8fa;position:sticky;top:0} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .outcome-promoted,.outcome-rolled_back{color:#1a7f37;font-weight:600}
 .outcome-rejected,.outcome-refused,.outcome-not_approved{color:#cf222e;font-weight:600}
+.drift-alert{color:#cf222e;font-weight:600} .drift-warn{color:#9a6700;font-weight:600} .drift-ok{color:#1a7f37}
 .badge{display:inline-block;border-radius:10px;padding:0 6px;background:#ddf4ff;color:#0969da;font-size:11px}
 .muted{color:#57606a} code{font-size:11px} ul.reasons{margin:0;padding-left:14px}
 """
@@ -195,6 +196,8 @@ def trend_plots(doc: dict) -> str:
     evaluation = [v["evaluation"] or {} for v in versions]
     reasons = sorted({r for v in versions for r in v["dataset"]["quarantine_share_by_reason"]})
     quarantine = {r: [v["dataset"]["quarantine_share_by_reason"].get(r) for v in versions] for r in reasons}
+    drifts = [(v["dataset"].get("drift") or {}).get("psi", {}) for v in versions]
+    drift = {f: [d.get(f) for d in drifts] for f in sorted({f for d in drifts for f in d})}
     plots = [
         ("Replay ROC AUC", line_chart("Replay ROC AUC", labels, {"roc_auc": [e.get("roc_auc") for e in evaluation]})),
         ("Replay log loss", line_chart("Replay log loss", labels,
@@ -204,6 +207,8 @@ def trend_plots(doc: dict) -> str:
         ("Dataset rows", line_chart("Dataset rows", labels,
                                     {"rows": [v["dataset"]["rows"] for v in versions]}, digits=0)),
         ("Quarantine share by reason", line_chart("Quarantine share by reason", labels, quarantine or {}, digits=4)),
+        ("Dataset drift: PSI against the previous dataset",
+         line_chart("Dataset drift (PSI vs the previous dataset)", labels, drift or {}, digits=3, width=900)),
     ]
     return '<div class="plots">' + "".join(f"<figure>{svg}<figcaption>{escape(caption)} by version</figcaption>"
                                            "</figure>" for caption, svg in plots) + "</div>"
@@ -216,6 +221,22 @@ def _reasons(reasons) -> str:
     if not reasons:
         return ""
     return '<ul class="reasons">' + "".join(f"<li>{escape(str(r))}</li>" for r in reasons) + "</ul>"
+
+
+def drift_cell(drift: dict | None) -> str:
+    """The dataset's drift against the previous version, as logged (status, the inputs over their limit, max PSI)."""
+    if not drift:
+        return "<span class='muted'>not recorded</span>"
+    status = drift["status"]
+    if status == "no_previous":
+        return "<span class='muted'>first version</span>"
+    if status == "error":
+        return f"<span class='drift-alert' title='{escape(drift.get('error') or '')}'>not compared (error)</span>"
+    over = "".join(f"<li>{escape(f)} {_fmt(drift['psi'].get(f), 3)}</li>" for f in drift["over_threshold"])
+    title = "; ".join(f"{f} {v:.3f}" for f, v in drift["psi"].items())
+    return (f"<span class='drift-{escape(status)}' title='{escape(title)}'>{escape(status)}</span>"
+            f" <span class='muted'>vs {_fmt(drift['previous_version'])}, max PSI {_fmt(drift['max_psi'], 3)}</span>"
+            + (f"<ul class='reasons'>{over}</ul>" if over else ""))
 
 
 def _version_row(v: dict, mlflow_ui: str | None) -> str:
@@ -232,6 +253,7 @@ def _version_row(v: dict, mlflow_ui: str | None) -> str:
     cells = [
         f"<b>v{escape(v['version'])}</b>{aliases}<br><span class='muted'>{_fmt(v['promotion_status'])}</span>",
         f"{_fmt(dataset['version'])}<br><code>{_fmt(dataset['revision'])}</code>",
+        drift_cell(dataset.get("drift")),
         f"<code title='{escape(training['training_run_id'] or '')}'>{_fmt(training['training_run_id'])}</code>",
         f"<td class='num'>{_fmt(training['val_auc'])}</td>",
         f"<td class='num'>{_fmt(evaluation.get('roc_auc'))}</td>",
@@ -248,7 +270,7 @@ def _version_row(v: dict, mlflow_ui: str | None) -> str:
 
 
 def versions_table(doc: dict, mlflow_ui: str | None) -> str:
-    head = ("version", "dataset (revision)", "training run", "val AUC", "replay ROC AUC", "share of oracle",
+    head = ("version", "dataset (revision)", "dataset drift", "training run", "val AUC", "replay ROC AUC", "share of oracle",
             "log loss", "latency p95 ms", "gate", "approver", "MLflow runs", "Airflow runs")
     rows = "".join(_version_row(v, mlflow_ui) for v in reversed(doc["versions"]))
     return ("<table id='versions'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"

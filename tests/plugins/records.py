@@ -43,8 +43,24 @@ def _log(client, run_id: str, tags: dict, metrics: dict) -> None:
     client.set_terminated(run_id)
 
 
-def dataset_run(client, version: str, rows: int, quarantined_by_reason: dict[str, int], airflow: dict | None) -> dict:
+def drift_report(previous: dict | None, i: int) -> dict | None:
+    """A drift report as include.drift.compare.compare_versions makes it (made-up PSI): week 3's workflow mix moved."""
+    if previous is None:
+        return None
+    psi = {"household_size": 0.01 * i, "workflow_type": 0.4 if i == 3 else 0.02, "mode": 0.12 if i == 3 else 0.01}
+    status = {k: "alert" if v >= 0.25 else "warn" if v >= 0.1 else "ok" for k, v in psi.items()}
+    worst = "alert" if "alert" in status.values() else "warn" if "warn" in status.values() else "ok"
+    return {"features": {k: {"psi": v, "status": status[k]} for k, v in psi.items()}, "status": worst,
+            "max_psi": max(psi.values()), "over_threshold": [k for k, s in status.items() if s == "alert"],
+            "warnings": [k for k, s in status.items() if s == "warn"],
+            "previous": {"version": previous["version"], "revision": previous["revision"], "digest": previous["digest"]}}
+
+
+def dataset_run(client, version: str, rows: int, quarantined_by_reason: dict[str, int], airflow: dict | None,
+                drift: dict | None = None) -> dict:
+    """`drift`: a report whose record `include.drift.tracking.log_drift` would log into the run (its `run_record`)."""
     from include.dataset.tracking import METRICS, airflow_tags
+    from include.drift.tracking import run_record
 
     digest = hashlib.sha256(f"{version}-{rows}".encode()).hexdigest()
     revision = f"rev-{digest[:16]}"
@@ -57,9 +73,13 @@ def dataset_run(client, version: str, rows: int, quarantined_by_reason: dict[str
             "dataset_revision_uri": f"{uri}/{revision}", **airflow_tags(airflow)}
     metrics = {name: float(counts[name]) for name in METRICS}
     metrics |= {f"quarantined_{reason}": float(n) for reason, n in quarantined_by_reason.items()}
+    if drift is not None:
+        drift_metrics, drift_tags = run_record(drift)
+        metrics |= drift_metrics
+        tags |= drift_tags
     _log(client, run.info.run_id, tags, metrics)
     return {"version": version, "uri": uri, "digest": digest, "revision": revision, "run_id": run.info.run_id,
-            **counts, "quarantined_by_reason": dict(quarantined_by_reason)}
+            **counts, "quarantined_by_reason": dict(quarantined_by_reason), "drift": drift}
 
 
 def register_version(client, base: Path, dataset: dict, training_run_id: str, val_auc: float,
@@ -150,7 +170,9 @@ def build(base: Path, dsn: str, versions: int = 4, promote_every: int = 1) -> di
         reasons = {REASONS[0]: i % 3 + 1, REASONS[1]: 2 * (i % 2)}
         if i % 2:
             reasons[REASONS[2]] = 1
-        dataset = dataset_run(client, day, 1000 + 37 * i, reasons, airflow_run(names.DAG_DATASET, day, 6))
+        previous = written["datasets"][max(written["datasets"])] if written["datasets"] else None
+        dataset = dataset_run(client, day, 1000 + 37 * i, reasons, airflow_run(names.DAG_DATASET, day, 6),
+                              drift=drift_report(previous, i))
         written["datasets"][day] = dataset
         training_run_id = f"{MODEL}-v{day.replace('-', '')}_060500"
         number = register_version(client, base, dataset, training_run_id, round(0.7 + 0.002 * i, 6),

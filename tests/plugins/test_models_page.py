@@ -98,6 +98,19 @@ def test_documents_hold_what_the_records_hold(lifecycle):
         assert entry["dataset"]["quarantined_by_reason"] == by_reason
         assert entry["dataset"]["quarantine_share_by_reason"] == pytest.approx(
             {k: v / (rows + quarantined) for k, v in by_reason.items()})
+        # the drift include/drift logged into the dataset run, as it holds it (none for the first dataset)
+        drift = written["datasets"][tags["dataset_version"]]["drift"]
+        if drift is None:
+            assert entry["dataset"]["drift"] is None
+        else:
+            run_tags, run_metrics = dataset_run.data.tags, dataset_run.data.metrics
+            assert entry["dataset"]["drift"] == {
+                "status": run_tags["drift_status"], "previous_version": run_tags["drift_previous_version"],
+                "previous_revision": run_tags["drift_previous_revision"],
+                "over_threshold": drift["over_threshold"], "warnings": drift["warnings"],
+                "max_psi": run_metrics["drift.max_psi"], "error": None,
+                "psi": {k[len("drift.psi."):]: v for k, v in run_metrics.items() if k.startswith("drift.psi.")}}
+            assert entry["dataset"]["drift"]["psi"] == pytest.approx({k: f["psi"] for k, f in drift["features"].items()})
 
         expected = written["versions"][entry["version"]]
         if not expected["evaluated"]:
@@ -121,6 +134,9 @@ def test_documents_hold_what_the_records_hold(lifecycle):
 
     by_number = {v["version"]: v for v in doc["versions"]}
     assert by_number["3"]["gate"]["outcome"] == "rejected" and by_number["3"]["promotion_status"] == "rejected"
+    assert by_number["3"]["dataset"]["drift"]["status"] == "alert"
+    assert by_number["3"]["dataset"]["drift"]["over_threshold"] == ["workflow_type"]
+    assert by_number["2"]["dataset"]["drift"]["status"] == "ok"
     assert by_number["2"]["gate"]["approver"] == "alice"
 
     # the timeline: every change of champion, rollbacks included, with the decision's approver
@@ -160,9 +176,11 @@ def test_page_shows_the_records_and_loads_nothing_from_elsewhere(lifecycle):
     html = page(collect.model_document(_client(), lifecycle["dsn"]), api_prefix="/planner")
     assert "Champion: version 1" in html and "rolled_back" in html
     for text in ("0.7300", "0.6050", "49.0", "alice", "bob", "roc_auc_delta", "not gated",
-                 "Quarantine share by reason", "/dags/planner_promotion/runs/"):
+                 "Quarantine share by reason", "/dags/planner_promotion/runs/", "Dataset drift",
+                 "<span class='drift-alert' title='household_size 0.030; mode 0.120; workflow_type 0.400'>alert</span>",
+                 "<li>workflow_type 0.400</li>", "not recorded"):
         assert text in html, text
-    assert html.count("<svg") == 6  # five trends and the timeline
+    assert html.count("<svg") == 7  # six trends and the timeline
     for external in ("<script", "<link", "src=", "@import", "url("):
         assert external not in html, external
 
@@ -324,7 +342,7 @@ def test_the_page_in_a_browser(api_server, tmp_path):
         page.send("Page.navigate", url=f"{url}/planner/")
         text = page.wait_for_text("Champion: version 1", "Promotion timeline", "rejected", "alice", "bob")
         assert "0.7300" in text and "not gated" in text
-        assert page.js("document.querySelectorAll('svg').length") == 6
+        assert page.js("document.querySelectorAll('svg').length") == 7
         assert page.js("document.querySelectorAll('#versions tbody tr').length") == 4
         shot = page.screenshot(ARTIFACTS / "models-page.png")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
