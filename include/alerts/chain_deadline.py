@@ -169,7 +169,9 @@ def chain_deadline_dag():
     late = smtp_notifier(builder=late_message)
 
     @dag(dag_id=DAG_ID, start_date=datetime(2026, 1, 5),
-         schedule=(CronTriggerTimetable(config.dataset_schedule, timezone="UTC") if config.dataset_schedule else None),
+         # with alerts off there is no one to tell: no weekly run polls for nothing (still triggerable from the UI)
+         schedule=(CronTriggerTimetable(config.dataset_schedule, timezone="UTC")
+                   if config.dataset_schedule and alerts.enabled else None),
          catchup=False, max_active_runs=2, tags=["planner", "alerts", "weekly"], doc_md=__doc__, deadline=deadline,
          default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
          params={"dataset_version": Param(None, type=["null", "string"], format="date", title="Dataset version",

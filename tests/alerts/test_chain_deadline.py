@@ -77,6 +77,9 @@ def test_the_watch_dag_in_both_modes(monkeypatch):
     assert alert.interval == timedelta(hours=24)  # logical date (Monday 06:00) + 24 h = Monday + 30 h
     assert alert.callback.path == "include.alerts.chain_deadline.deadline_missed"
 
+    monkeypatch.delenv("PLANNER_ALERT_EMAIL_TO")  # alerts off: nobody to tell, so no weekly run polls
+    assert type(chain_deadline.chain_deadline_dag().timetable).__name__ == "NullTimetable"
+
     monkeypatch.setenv("PLANNER_CHAIN_DEADLINE_MODE", "never")
     with pytest.raises(ValueError):
         chain_deadline.chain_deadline_dag()
