@@ -129,6 +129,13 @@ def pod_command(gpu_count: int) -> list[str]:
 
 
 SHM_VOLUME = "dshm"
+_PROCESSES = "[params.gpu_count, 1] | max"  # one training process per GPU, one on a CPU-only pod
+
+
+def pod_memory(base_gib: int, per_gpu_gib: int) -> str:
+    """The pod's memory as a template of the run's gpu_count: a base (/dev/shm, rank 0's uploads)
+    plus one share per training process."""
+    return f"{{{{ {base_gib} + {per_gpu_gib} * {_PROCESSES} }}}}Gi"
 
 
 def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
@@ -136,6 +143,7 @@ def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
     from kubernetes.client import models as k8s
 
     gpus = "{{ params.gpu_count }}"
+    processes = f"({_PROCESSES})"
     return {
         "name": "planner-train",
         "namespace": settings.namespace,
@@ -145,8 +153,11 @@ def kubernetes_pod_kwargs(settings: TrainingSettings) -> dict:
         "volumes": [k8s.V1Volume(name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
             medium="Memory", size_limit=settings.shm_size))],
         "volume_mounts": [k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")],
+        # Every rank builds its own examples and /dev/shm counts against the limit: memory grows with the GPUs
         "container_resources": k8s.V1ResourceRequirements(
-            limits={"nvidia.com/gpu": gpus, "memory": "48Gi"}, requests={"cpu": "6", "memory": "32Gi"}),
+            limits={"nvidia.com/gpu": gpus, "memory": pod_memory(settings.memory_base_gib, settings.memory_per_gpu_gib)},
+            requests={"cpu": f"{{{{ {settings.cpu_per_gpu} * {processes} }}}}",
+                      "memory": pod_memory(settings.memory_base_gib - 16, settings.memory_per_gpu_gib)}),
         "node_selector": settings.gpu_node_selector,
         "tolerations": [k8s.V1Toleration(key=settings.gpu_toleration_key, operator="Exists", effect="NoSchedule")],
         "env_from": [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.secret_name))],

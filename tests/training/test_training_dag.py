@@ -54,6 +54,8 @@ def test_the_gpu_pod_renders_with_limits_placement_secret_and_the_console_script
     assert training_dag.params["image"] == settings.image  # the form defaults to the configured image
     assert container.args == trainer_argv(OPTIONS)
     assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert container.resources.limits["memory"] == "48Gi"
+    assert container.resources.requests == {"cpu": "6", "memory": "32Gi"}
     assert pod.spec.node_selector == settings.gpu_node_selector
     assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
     assert [e.secret_ref.name for e in container.env_from] == [settings.secret_name]
@@ -75,6 +77,9 @@ def test_a_pod_of_four_gpus_runs_one_training_process_per_gpu_with_a_memory_back
     assert container.command == ["torchrun", "--standalone", "--nproc_per_node=4", "--no-python", "planner-train"]
     assert container.args == trainer_argv(OPTIONS)
     assert container.resources.limits["nvidia.com/gpu"] == "4"
+    # every rank builds its examples: memory and CPU grow with the processes (/dev/shm is in the base)
+    assert container.resources.limits["memory"] == "84Gi"
+    assert container.resources.requests == {"cpu": "24", "memory": "68Gi"}
     (shm,) = [v for v in pod.spec.volumes if v.name == "dshm"]
     assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == settings.shm_size
     assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("dshm", "/dev/shm")]
