@@ -104,6 +104,9 @@ class ChainFailed(RuntimeError):
 def services_env(dsn: str) -> dict:
     env = airflow_env(dsn, home=str(SERVICES_HOME))
     env["PLANNER_DATASET_SCHEDULE"] = "none"  # this script triggers the dataset; no cron run on unpause
+    # The simulated world does not yet serve plans from a deployment, so a canary would see no online
+    # events: week 2's challenger is promoted directly (planner_promotion's rollout, docs/contracts.md)
+    env["PLANNER_PROMOTION_ROLLOUT"] = "direct"
     return env
 
 

@@ -216,6 +216,7 @@ class Topology:
         env.update(self.client_env())
         env.update({
             "PLANNER_DATASET_SCHEDULE": "none",  # triggered by this script; no cron run on unpause
+            "PLANNER_PROMOTION_ROLLOUT": "direct",  # as make lifecycle: no online traffic for a canary to read
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy(self.airflow_dsn),
             "AIRFLOW__CELERY__BROKER_URL": self.redis_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _sqlalchemy(self.airflow_dsn),

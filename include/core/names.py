@@ -10,6 +10,7 @@ DATASET_NAME = "planner"
 EXPERIMENT_DATASET = "planner_dataset"
 EXPERIMENT_TRAINING = "planner_training"
 EXPERIMENT_OFFLINE_EVAL = "planner_offline_eval"
+ONLINE_EVAL = "planner_online_eval"  # the canary's DAG and its MLflow experiment
 
 DAG_DATASET = "planner_dataset"
 DAG_TRAINING = "planner_training"

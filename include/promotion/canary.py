@@ -78,8 +78,10 @@ CANARY_POLICY: dict[str, Any] = {
     "max_days": 42,
     "mixing_variance": 0.02 ** 2,
     "experiment_id": "{model_name}:v{model_version}:canary",
+    "policy_version_id": "{model_name}:v{model_version}",
 }
-"""The canary's policy (not yet in include/promotion/policy.json; wired there later).
+"""The canary's defaults; `include/promotion/policy.json` (`rollout`, `canary`) sets them, see
+`from_policy_file`.
 
 - `rollout`: `direct` (today: the gate moves `champion` at once) or `canary` (the gate's pass
   starts an online experiment; `decide` moves `champion` or not);
@@ -97,7 +99,9 @@ CANARY_POLICY: dict[str, Any] = {
   for (0.02^2: two points of kept share);
 - `experiment_id`: the scheme of the experiment id, formatted with `model_name` and
   `model_version`: one experiment per candidate version, so each candidate gets its own,
-  independent draw of canary households, and re-running the same version's canary keeps them.
+  independent draw of canary households, and re-running the same version's canary keeps them;
+- `policy_version_id`: the scheme of the `context.policy_version_id` a served plan carries, one
+  per model version: how the online evaluation tells which arm served an event.
 """
 
 
@@ -105,6 +109,21 @@ def experiment_id(model_name: str, model_version: int | str, policy: Mapping[str
     """The experiment id of a candidate's canary, from the policy's scheme."""
     scheme = (policy or CANARY_POLICY)["experiment_id"]
     return scheme.format(model_name=model_name, model_version=model_version)
+
+
+def policy_version_id(model_name: str, model_version: int | str, policy: Mapping[str, Any] | None = None) -> str:
+    """The `context.policy_version_id` of plans served by this model version."""
+    scheme = (policy or CANARY_POLICY)["policy_version_id"]
+    return scheme.format(model_name=model_name, model_version=model_version)
+
+
+def from_policy_file(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The canary policy from the promotion policy (`load_policy()`): its `rollout` value and `canary` section."""
+    section = {key: entry["value"] if isinstance(entry, Mapping) else entry
+               for key, entry in (policy.get("canary") or {}).items() if key not in ("about", "why")}
+    rollout = policy.get("rollout", {})
+    section["rollout"] = rollout.get("value", CANARY_POLICY["rollout"]) if isinstance(rollout, Mapping) else rollout
+    return validate_policy(section)
 
 
 def validate_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,8 +145,9 @@ def validate_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"max_days ({p['max_days']}) must be >= min_days ({p['min_days']}) and >= 1")
     if not float(p["mixing_variance"]) > 0.0:
         raise ValueError(f"mixing_variance must be > 0, got {p['mixing_variance']!r}")
-    if "{model_version}" not in str(p["experiment_id"]):
-        raise ValueError("experiment_id scheme must contain {model_version}")
+    for key in ("experiment_id", "policy_version_id"):
+        if "{model_version}" not in str(p[key]):
+            raise ValueError(f"{key} scheme must contain {{model_version}}")
     return p
 
 

@@ -50,6 +50,16 @@ def load_policy(env: Mapping[str, str] | None = None) -> dict:
         override(entry, "max_drop" if "max_drop" in entry else "max_rise")
     override(resolved["min_replay_examples"], "value")
     override(resolved["slice_guard"], "max_drop")
+    rollout = resolved.get("rollout")
+    if rollout and str(env.get(rollout["env"], "")).strip():
+        rollout["value"] = str(env[rollout["env"]]).strip()
+    if rollout and rollout["value"] not in ("direct", "canary"):
+        raise PolicyError(f"{rollout['env']}={rollout['value']!r}: rollout must be direct or canary")
+    for key, entry in (resolved.get("canary") or {}).items():
+        if isinstance(entry, dict):
+            override(entry, "value")
+            if key in ("min_exposure", "min_days", "max_days") and float(entry["value"]).is_integer():
+                entry["value"] = int(entry["value"])
     return resolved
 
 

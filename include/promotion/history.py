@@ -27,6 +27,7 @@ def ensure_schema(dsn: str) -> None:
         conn.execute("SELECT pg_advisory_lock(hashtext('planner.ml_schema'))")
         try:
             conn.execute(_sql("schema.sql"))
+            conn.execute(_sql("canary.sql"))
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('planner.ml_schema'))")
 
@@ -68,18 +69,20 @@ class Record:
     airflow_run_id: str | None = None
     state: str = "complete"     # pending: a champion move not yet completed (see `complete_decision`)
     plan_key: str | None = None
+    canary_id: int | None = None  # the canary this decision ends (a promotion by planner_online_eval)
 
 
 def record_decision(conn, record: Record) -> int:
     """Insert the decision, nothing else: a move of the champion is recorded by `complete_decision`."""
     return conn.execute(
         "INSERT INTO ml.promotion_decisions (model_name, version, action, outcome, previous_champion, reasons, metrics,"
-        " policy, approver, evaluation_run_id, airflow_dag_id, airflow_run_id, state, plan_key)"
-        " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s) RETURNING decision_id",
+        " policy, approver, evaluation_run_id, airflow_dag_id, airflow_run_id, state, plan_key, canary_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)"
+        " RETURNING decision_id",
         (record.model_name, record.version, record.action, record.outcome, record.previous_champion,
-         json.dumps(record.reasons), json.dumps(record.metrics, default=str), json.dumps(record.policy),
+         json.dumps(record.reasons), json.dumps(record.metrics, default=str), json.dumps(record.policy, default=str),
          record.approver, record.evaluation_run_id, record.airflow_dag_id, record.airflow_run_id, record.state,
-         record.plan_key)).fetchone()[0]
+         record.plan_key, record.canary_id)).fetchone()[0]
 
 
 def complete_decision(conn, decision_id: int, model_uri: str) -> bool:
@@ -99,7 +102,24 @@ def complete_decision(conn, decision_id: int, model_uri: str) -> bool:
         (model_name, version, previous, model_uri, decision_id))
     conn.execute("INSERT INTO ml.model_version_history (model_name, version, previous_version, change, decision_id)"
                  " VALUES (%s, %s, %s, %s, %s)", (model_name, version, previous, outcome, decision_id))
+    _close_canary_on_champion_change(conn, model_name, version, decision_id)
     return True
+
+
+def _close_canary_on_champion_change(conn, model_name: str, version: str, decision_id: int) -> None:
+    """A change of champion ends the running canary in the same transaction: 'promoted' when this decision
+    promotes the canary's version by ending that canary, else 'abandoned' (its champion arm is gone)."""
+    conn.execute(
+        "UPDATE ml.canaries c SET ended_at = now(), end_decision_id = %(decision)s,"
+        " state = CASE WHEN c.canary_version = %(version)s AND d.canary_id = c.canary_id THEN 'promoted'"
+        "              ELSE 'abandoned' END,"
+        " end_reason = CASE WHEN c.canary_version = %(version)s AND d.canary_id = c.canary_id"
+        "                   THEN 'promoted: version ' || %(version)s || ' is the champion'"
+        "                   ELSE 'the champion changed to version ' || %(version)s || ' (decision ' || %(decision)s::text"
+        "                        || ') during the canary: its champion arm is gone' END"
+        " FROM ml.promotion_decisions d WHERE d.decision_id = %(decision)s"
+        " AND c.model_name = %(model)s AND c.state = 'running'",
+        {"decision": decision_id, "version": version, "model": model_name})
 
 
 def pending_decisions(conn, model_name: str) -> list[dict]:
@@ -131,12 +151,22 @@ def plan_decision(conn, model_name: str, plan_key: str) -> dict | None:
 
 
 def deployment(conn, model_name: str) -> dict | None:
-    row = conn.execute("SELECT version, previous_version, model_uri, decision_id, updated_at FROM ml.model_deployments"
-                       " WHERE model_name = %s", (model_name,)).fetchone()
+    """The champion the serving side should load and, while one runs, the canary (else None) it routes a
+    share of households to: what Redis holds and `include.serving.consumer` reads."""
+    from include.promotion.canary import policy_version_id
+
+    row = conn.execute(_sql("deployment.sql"), (model_name,)).fetchone()
     if row is None:
         return None
+    canary = None
+    if row[5] is not None:
+        canary = {"canary_id": row[5], "version": row[6], "model_uri": row[7], "policy_version_id": row[8],
+                  "share": row[9], "experiment_id": row[10], "started_at": row[11].isoformat(),
+                  "champion_version": row[12], "champion_policy_version_id": row[13]}
+    champion_policy = canary["champion_policy_version_id"] if canary and canary["champion_version"] == row[0] \
+        else policy_version_id(model_name, row[0])
     return {"version": row[0], "previous_version": row[1], "model_uri": row[2], "decision_id": row[3],
-            "updated_at": row[4].isoformat()}
+            "updated_at": row[4].isoformat(), "policy_version_id": champion_policy, "canary": canary}
 
 
 def champions(conn, model_name: str) -> list[dict]:
@@ -173,3 +203,95 @@ def decisions(conn, model_name: str) -> list[dict]:
     keys = ("decision_id", "version", "action", "outcome", "previous_champion", "reasons", "approver",
             "evaluation_run_id", "state")
     return [dict(zip(keys, r)) for r in rows]
+
+
+CANARY_COLUMNS = ("canary_id", "model_name", "champion_version", "canary_version", "champion_model_uri",
+                  "canary_model_uri", "champion_policy_version_id", "canary_policy_version_id", "experiment_id",
+                  "share", "policy", "state", "started_at", "ended_at", "end_reason", "start_decision_id",
+                  "end_decision_id", "mlflow_run_id")
+
+
+def _canary(row) -> dict | None:
+    if row is None:
+        return None
+    canary = dict(zip(CANARY_COLUMNS, row))
+    for key in ("started_at", "ended_at"):
+        canary[key] = canary[key].isoformat() if canary[key] else None
+    return canary
+
+
+def running_canary(conn, model_name: str) -> dict | None:
+    return _canary(conn.execute(f"SELECT {', '.join(CANARY_COLUMNS)} FROM ml.canaries WHERE model_name = %s"
+                                " AND state = 'running'", (model_name,)).fetchone())
+
+
+def canary(conn, canary_id: int) -> dict | None:
+    return _canary(conn.execute(f"SELECT {', '.join(CANARY_COLUMNS)} FROM ml.canaries WHERE canary_id = %s",
+                                (canary_id,)).fetchone())
+
+
+def canaries(conn, model_name: str) -> list[dict]:
+    rows = conn.execute(f"SELECT {', '.join(CANARY_COLUMNS)} FROM ml.canaries WHERE model_name = %s"
+                        " ORDER BY canary_id", (model_name,)).fetchall()
+    return [_canary(r) for r in rows]
+
+
+def start_canary(conn, *, model_name: str, champion_version: str, canary_version: str, share: float,
+                 experiment_id: str, champion_policy_version_id: str, canary_policy_version_id: str, policy: dict,
+                 start_decision_id: int, started_at=None) -> int:
+    """Insert the running canary (run it in the transaction that records its start decision)."""
+    return conn.execute(
+        "INSERT INTO ml.canaries (model_name, champion_version, canary_version, champion_model_uri, canary_model_uri,"
+        " champion_policy_version_id, canary_policy_version_id, experiment_id, share, policy, start_decision_id,"
+        " started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, coalesce(%s, now()))"
+        " RETURNING canary_id",
+        (model_name, champion_version, canary_version, f"models:/{model_name}/{champion_version}",
+         f"models:/{model_name}/{canary_version}", champion_policy_version_id, canary_policy_version_id,
+         experiment_id, share, json.dumps(policy), start_decision_id, started_at)).fetchone()[0]
+
+
+def end_canary(conn, canary_id: int, state: str, reason: str, decision_id: int | None) -> bool:
+    """Close a running canary without a change of champion ('rolled_back' or 'abandoned'); False when it
+    was not running (already closed: nothing is written twice)."""
+    row = conn.execute("UPDATE ml.canaries SET state = %s, end_reason = %s, end_decision_id = %s, ended_at = now()"
+                       " WHERE canary_id = %s AND state = 'running' RETURNING canary_id",
+                       (state, reason, decision_id, canary_id)).fetchone()
+    return row is not None
+
+
+def set_canary_run(conn, canary_id: int, mlflow_run_id: str) -> None:
+    conn.execute("UPDATE ml.canaries SET mlflow_run_id = %s WHERE canary_id = %s AND mlflow_run_id IS NULL",
+                 (mlflow_run_id, canary_id))
+
+
+LOOK_COLUMNS = ("look_id", "canary_id", "look_key", "day", "window_start", "window_end", "action", "reason",
+                "statistic", "p_value", "lift", "ci_low", "ci_high", "arms", "other", "airflow_dag_id",
+                "airflow_run_id", "looked_at")
+
+
+def record_look(conn, look: dict) -> dict:
+    """Insert a look once per `look_key` (a retry of the same task finds it) and return the stored one."""
+    conn.execute(
+        "INSERT INTO ml.canary_looks (canary_id, look_key, day, window_start, window_end, action, reason, statistic,"
+        " p_value, lift, ci_low, ci_high, arms, other, airflow_dag_id, airflow_run_id)"
+        " VALUES (%(canary_id)s, %(look_key)s, %(day)s, %(window_start)s, %(window_end)s, %(action)s, %(reason)s,"
+        " %(statistic)s, %(p_value)s, %(lift)s, %(ci_low)s, %(ci_high)s, %(arms)s::jsonb, %(other)s::jsonb,"
+        " %(airflow_dag_id)s, %(airflow_run_id)s) ON CONFLICT (canary_id, look_key) DO NOTHING",
+        {**look, "arms": json.dumps(look["arms"]), "other": json.dumps(look.get("other") or {})})
+    return looks(conn, look["canary_id"], look_key=look["look_key"])[0]
+
+
+def looks(conn, canary_id: int, look_key: str | None = None) -> list[dict]:
+    """The canary's looks, oldest first (or the one of `look_key`)."""
+    where, params = "canary_id = %s", [canary_id]
+    if look_key is not None:
+        where, params = where + " AND look_key = %s", params + [look_key]
+    rows = conn.execute(f"SELECT {', '.join(LOOK_COLUMNS)} FROM ml.canary_looks WHERE {where} ORDER BY look_id",
+                        params).fetchall()
+    out = []
+    for row in rows:
+        look = dict(zip(LOOK_COLUMNS, row))
+        for key in ("window_start", "window_end", "looked_at"):
+            look[key] = look[key].isoformat()
+        out.append(look)
+    return out

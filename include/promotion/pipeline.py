@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 MODEL = names.REGISTERED_MODEL_NAME
 REDIS_KEY = f"planner:champion:{MODEL}"
 MOVES = ("promoted", "rolled_back")
+CANARY_DAG = names.ONLINE_EVAL
 
 
 class PromotionError(RuntimeError):
@@ -86,8 +87,15 @@ def _summary(version: str, champion: str | None, decision: dict, report: dict | 
 
 
 def decide_promotion(dsn: str, model_version: str | None, evaluation_run_id: str | None,
-                     require_approval: bool, dry_run: bool) -> dict:
-    """Gate the version on its evaluation; returns the plan `apply`/`record_outcome` act on."""
+                     require_approval: bool, dry_run: bool, rollout: str = "direct") -> dict:
+    """Gate the version on its evaluation; returns the plan `apply`/`record_outcome` act on.
+
+    `rollout`: `direct` moves the champion once the gate passes; `canary` starts a canary instead
+    (outcome `canary_started`: the candidate serves a share of households, the champion stays, and
+    `planner_online_eval` decides). With no champion there is nothing to compare against: the first
+    model is promoted directly whatever the rollout."""
+    if rollout not in ("direct", "canary"):
+        raise PromotionError(f"rollout must be direct or canary, got {rollout!r}")
     history.ensure_schema(dsn)
     reconcile_pending(dsn)
     registry = client()
@@ -119,9 +127,43 @@ def decide_promotion(dsn: str, model_version: str | None, evaluation_run_id: str
         outcome, next_step = "dry_run", "record"
     else:
         outcome, next_step = "promoted", "approval" if require_approval else "apply"
+    canary_spec, summary = None, _summary(number, champion, decision, report)
+    if outcome == "promoted" and rollout == "canary":
+        if champion is None:
+            summary += "\n\nRollout `canary` asked, but there is no champion to compare against: promoted directly."
+        else:
+            outcome, next_step, canary_spec, why = _canary_outcome(dsn, policy, number, champion, next_step)
+            decision["reasons"] = [why]
+            summary = summary.replace(f"**Promote {MODEL} version {number}**", f"**Canary of {MODEL} version {number}**",
+                                      1) + f"\n\n{why}"
     return {"action": "promote", "model_version": number, "expected_champion": champion, "outcome": outcome,
             "next": next_step, "decision": decision, "metrics": {"candidate": candidate, "champion": champion_metrics},
-            "policy": policy, "evaluation_run_id": run_id, "summary": _summary(number, champion, decision, report)}
+            "policy": policy, "evaluation_run_id": run_id, "summary": summary,
+            "rollout": "canary" if canary_spec else "direct", "canary": canary_spec}
+
+
+def _canary_outcome(dsn: str, policy: dict, number: str, champion: str, next_step: str):
+    """(outcome, next, canary spec, why) of a passed gate under rollout canary."""
+    from include.promotion import canary
+
+    with history.connect(dsn) as conn:
+        running = history.running_canary(conn, MODEL)
+    if running and running["canary_version"] == number:
+        return "no_op", "record", None, (f"version {number} is already the canary (canary {running['canary_id']}, "
+                                         f"since {running['started_at']})")
+    if running:
+        return "refused", "record", None, (f"a canary of version {running['canary_version']} is running (canary "
+                                           f"{running['canary_id']}, since {running['started_at']}): one canary at a "
+                                           f"time; {CANARY_DAG} ends it")
+    rules = canary.from_policy_file(policy)
+    spec = {"share": float(rules["share"]), "experiment_id": canary.experiment_id(MODEL, number, rules),
+            "champion_policy_version_id": canary.policy_version_id(MODEL, champion, rules),
+            "canary_policy_version_id": canary.policy_version_id(MODEL, number, rules), "policy": rules,
+            "started_at": None}
+    why = (f"canary: version {number} serves {spec['share']:.0%} of households (experiment {spec['experiment_id']}); "
+           f"version {champion} stays champion until {CANARY_DAG} decides (at least {rules['min_days']} days and "
+           f"{rules['min_exposure']} meals per arm, at most {rules['max_days']} days)")
+    return "canary_started", next_step, spec, why
 
 
 def decide_rollback(dsn: str, model_version: str | None, require_approval: bool, dry_run: bool) -> dict:
@@ -161,7 +203,7 @@ def _record(plan: dict, outcome: str, reasons: list[str], approver: str | None, 
                           previous_champion=plan["expected_champion"], reasons=reasons, metrics=plan["metrics"],
                           policy=plan["policy"], approver=approver, evaluation_run_id=plan["evaluation_run_id"],
                           airflow_dag_id=airflow.get("dag_id"), airflow_run_id=airflow.get("run_id"), state=state,
-                          plan_key=key)
+                          plan_key=key, canary_id=plan.get("canary_id"))
 
 
 def _refusal(plan: dict, current: str | None, pending: bool) -> str:
@@ -183,6 +225,8 @@ def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
     committed 'pending' first, the alias moves, then the decision is completed with its deployment and
     history rows. A retry of the same plan (same task) finds that record and resumes after the last step
     that happened; tags and Redis are redone from the record."""
+    if plan["outcome"] == "canary_started":
+        return _start_canary(dsn, plan, approver, airflow)
     registry = client()
     version = plan["model_version"]
     key = plan_key(plan, airflow)
@@ -216,6 +260,61 @@ def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
         _tag_and_publish(registry, dsn, plan, decision_id, changed_at)
     return {"outcome": plan["outcome"], "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
             "champion": version}
+
+
+def _start_canary(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
+    """Start the plan's canary: under the promotion lock, only while the champion (alias and deployment
+    record) is still the one the decision was made against and no other canary runs; its decision and
+    the running canary are committed in one transaction. No alias moves. A retry finds the decision and
+    redoes the tags and Redis."""
+    registry = client()
+    version, key, spec = plan["model_version"], plan_key(plan, airflow), plan["canary"]
+    with history.promotion_lock(dsn, MODEL) as conn:
+        earlier = history.plan_decision(conn, MODEL, key)
+        running = history.running_canary(conn, MODEL)
+        if earlier is not None:
+            if earlier["outcome"] == "canary_started" and running and \
+                    running["start_decision_id"] == earlier["decision_id"]:
+                _tag_canary_and_publish(registry, dsn, running)
+            return {"outcome": earlier["outcome"], "reasons": earlier["reasons"], "decision_id": earlier["decision_id"],
+                    "champion": plan["expected_champion"],
+                    "canary_id": running["canary_id"] if running else None}
+        current = _alias_version(registry, names.CHAMPION_ALIAS)
+        deployed = history.deployment(conn, MODEL)
+        reason = None
+        if current != plan["expected_champion"]:
+            reason = _refusal(plan, current, pending=False)
+        elif deployed is None or deployed["version"] != current:
+            reason = (f"the deployment record names version {deployed['version'] if deployed else 'none'}, not the "
+                      f"champion {current}: the serving side would not route to this canary's champion arm")
+        elif running:
+            reason = (f"a canary of version {running['canary_version']} is running (canary {running['canary_id']}): "
+                      "one canary at a time")
+        if reason:
+            decision_id = history.record_decision(conn, _record(plan, "refused", [reason], approver, airflow, key=key))
+            return {"outcome": "refused", "reasons": [reason], "decision_id": decision_id, "champion": current,
+                    "canary_id": None}
+        with conn.transaction():
+            decision_id = history.record_decision(conn, _record(plan, "canary_started", plan["decision"]["reasons"],
+                                                                approver, airflow, key=key))
+            canary_id = history.start_canary(
+                conn, model_name=MODEL, champion_version=current, canary_version=version, share=spec["share"],
+                experiment_id=spec["experiment_id"], champion_policy_version_id=spec["champion_policy_version_id"],
+                canary_policy_version_id=spec["canary_policy_version_id"], policy=spec["policy"],
+                start_decision_id=decision_id, started_at=spec.get("started_at"))
+            conn.execute("UPDATE ml.promotion_decisions SET canary_id = %s WHERE decision_id = %s",
+                         (canary_id, decision_id))
+        _tag_canary_and_publish(registry, dsn, history.canary(conn, canary_id))
+    return {"outcome": "canary_started", "reasons": plan["decision"]["reasons"], "decision_id": decision_id,
+            "champion": current, "canary_id": canary_id}
+
+
+def _tag_canary_and_publish(registry, dsn: str, canary: dict) -> None:
+    tags = {"promotion_status": "canary", "promotion_decision_id": str(canary["start_decision_id"]),
+            "canary_id": str(canary["canary_id"]), "canary_started_at": canary["started_at"]}
+    for key, value in tags.items():
+        registry.set_model_version_tag(MODEL, canary["canary_version"], key, value)
+    publish_to_redis(dsn)
 
 
 def reconcile_pending(dsn: str) -> list[str]:

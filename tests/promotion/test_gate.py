@@ -131,3 +131,17 @@ def test_rollback_targets(history, current, requested, target):
     found, why = rollback_target(history, current, requested)
     assert found == target, why
     assert why
+
+
+def test_the_policy_files_rollout_and_canary_are_the_canary_defaults_and_take_overrides():
+    from include.promotion.canary import CANARY_POLICY, from_policy_file
+
+    assert from_policy_file(load_policy({})) == CANARY_POLICY  # one set of defaults: the file's = the code's
+    overridden = from_policy_file(load_policy({"PLANNER_PROMOTION_ROLLOUT": "direct", "PLANNER_CANARY_SHARE": "0.5",
+                                               "PLANNER_CANARY_MIN_DAYS": "3"}))
+    assert (overridden["rollout"], overridden["share"], overridden["min_days"]) == ("direct", 0.5, 3)
+    assert isinstance(overridden["min_days"], int)
+    with pytest.raises(PolicyError, match="rollout must be direct or canary"):
+        load_policy({"PLANNER_PROMOTION_ROLLOUT": "sometimes"})
+    with pytest.raises(ValueError, match="share"):
+        from_policy_file(load_policy({"PLANNER_CANARY_SHARE": "1.5"}))
