@@ -12,7 +12,7 @@ edits up to the acceptance.
 | `resolve_window` | turns the Params (or the run's time and the lateness allowance) into the window and version |
 | `plan_ranges` | splits the plan_ids into `extract_ranges` contiguous ranges (fixed boundaries by leading hex digits: the same for every run) |
 | `extract_range` (mapped, one per range) | extracts its range (pushed down to PostgreSQL) into a part of its own staged on the storage root, `datasets/planner/_staging/<version>-<run token>/range-<i>-of-<n>/` (rows, quarantine, recipe ids, and a `_PART.json` marker last); a retry rewrites only its own part |
-| `assemble_validate_publish` | checks it has exactly this run's parts, each finished by its successful attempt, assembles them in plan_id order into the version's files, validates them with Great Expectations and the bad-share limit, then publishes it atomically as an immutable revision `rev-<digest>` of the version (`_SUCCESS` last; the same content again writes nothing, other content is a new revision beside the old ones, which never change), and removes the run's parts. A failed validation publishes nothing and is not retried; nothing is assembled unless every part succeeded. |
+| `assemble_validate_publish` | checks it has exactly this run's parts, each finished by its successful attempt, assembles them in plan_id order into the version's files, validates them with Great Expectations and the bad-share limit (every file read back batch by batch: memory follows `PLANNER_DATASET_BATCH_ROWS`, not the window), then publishes it atomically as an immutable revision `rev-<digest>` of the version (`_SUCCESS` last; the same content again writes nothing, other content is a new revision beside the old ones, which never change), and removes the run's parts. A failed validation publishes nothing and is not retried; nothing is assembled unless every part succeeded. |
 | `log_dataset` | logs the version to MLflow (experiment `planner_dataset`) and emits the `planner.dataset` Asset that schedules training |
 
 Bad events (no plan_id, no meals, unknown recipe, no generation before the acceptance, no
@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
+from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import DATASET_ASSET
 from include.core.config import settings
@@ -55,8 +56,8 @@ DEFAULTS = settings()
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "dataset", "weekly"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=2),
-                  "retry_exponential_backoff": True},
+    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 2,
+                  "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
     params={
         "end_date": Param(None, type=["null", "string"], format="date",
                           title="End date (exclusive)",

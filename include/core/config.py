@@ -43,8 +43,9 @@ class Settings:
     dataset_schedule: str | None  # cron of planner_dataset (default: Monday 00:00 UTC + the lateness allowance);
     #                               None: only triggered (from the UI, REST or make lifecycle)
     dataset_lateness_hours: int  # planner_dataset waits this long after a window's Monday 00:00 UTC end (0..72)
-    dataset_batch_rows: int = 20_000  # rows per batch wherever the dataset phase reads a table back (assembly,
-    #                                   quarantine, validation, summary, log_dataset): its memory, not the window's
+    dataset_batch_rows: int = 10_000  # rows per batch (at most one row group) wherever the dataset phase reads a
+    #                                   table back (assembly, quarantine, validation, summary, log_dataset): its
+    #                                   memory follows this, not the window
 
 
 def _lateness_hours() -> int:
@@ -55,7 +56,7 @@ def _lateness_hours() -> int:
 
 
 def _batch_rows() -> int:
-    rows = int(_env("PLANNER_DATASET_BATCH_ROWS", "20000"))
+    rows = int(_env("PLANNER_DATASET_BATCH_ROWS", "10000"))
     if rows < 1:
         raise ValueError(f"PLANNER_DATASET_BATCH_ROWS must be a positive number of rows, got {rows}")
     return rows

@@ -6,6 +6,8 @@ Arrow through ADBC, each range into part files of its own (`include/dataset/part
 `planner_dataset` one mapped task per range, staged on the storage root; in `build_dataset`
 concurrently in-process). The parts are assembled in range order, so the rows come out sorted
 by plan_id, in row groups of `TRAINING_ROW_GROUP_ROWS` rows whatever the number of ranges.
+Everything read back (parts, quarantine, the summary's columns) is read in batches of
+`PLANNER_DATASET_BATCH_ROWS` rows (`iter_tables`): memory follows that setting, not the window.
 """
 from __future__ import annotations
 
@@ -199,20 +201,24 @@ def training_writer(destination: Path):
 class RowGroups:
     """Writes tables to an open writer in row groups of exactly `size` rows (the last one
     smaller), each one contiguous chunk: the file's bytes depend on the rows alone, not on how
-    they arrived (ranges, driver batches). Checks plan_id order across everything written."""
+    they arrived (ranges, driver batches, the batch setting). Checks plan_id order across
+    everything written (unless `ordered=False`). Holds at most `size` rows plus one table added."""
 
-    def __init__(self, out, size: int = TRAINING_ROW_GROUP_ROWS):
-        self.out, self.size = out, size
+    def __init__(self, out, size: int = TRAINING_ROW_GROUP_ROWS, ordered: bool = True):
+        self.out, self.size, self.ordered = out, size, ordered
         self.pending: list = []
         self.pending_rows = 0
+        self.rows = 0
         self.last_plan_id: str | None = None
 
     def add(self, table) -> None:
         if not table.num_rows:
             return
-        self.last_plan_id = _check_plan_id_order(table["plan_id"], self.last_plan_id)
+        if self.ordered:
+            self.last_plan_id = _check_plan_id_order(table["plan_id"], self.last_plan_id)
         self.pending.append(table)
         self.pending_rows += table.num_rows
+        self.rows += table.num_rows
         while self.pending_rows >= self.size:
             self._flush(self.size)
 
@@ -229,34 +235,150 @@ class RowGroups:
         self.out.write_table(group, row_group_size=self.size)
 
 
-def append_parquet(parts: list[Path], out) -> None:
-    """Append part files in order to an open writer, in row groups of TRAINING_ROW_GROUP_ROWS rows."""
+def batch_rows() -> int:
+    """Rows per batch wherever the dataset phase reads a table back (`PLANNER_DATASET_BATCH_ROWS`)."""
+    from include.core.config import settings
+
+    return settings().dataset_batch_rows
+
+
+def iter_tables(path: Path, columns: list[str] | None = None, rows: int | None = None, filesystem=None):
+    """A Parquet file as tables of at most `rows` rows (default: the batch setting), in file order:
+    the one way the dataset phase reads a file it wrote, so nothing holds a whole table.
+
+    One row group at a time, so a table is at most `rows` rows and at most one row group: a
+    reader over every row group at once holds far more than one of them, and its high-water mark
+    grows with the file (reading the 1M-event world's four parts: 289 MB of Arrow memory at most,
+    against 52 MB one row group at a time)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    source = pq.ParquetFile(path, filesystem=filesystem) if filesystem is not None else pq.ParquetFile(path)
+    with source:
+        for group in range(source.num_row_groups):
+            for batch in source.iter_batches(batch_size=rows or batch_rows(), row_groups=[group], columns=columns,
+                                             use_threads=False):
+                yield pa.Table.from_batches([batch])
+
+
+def append_parquet(parts: list[Path], out) -> int:
+    """Append part files in order to an open writer, in row groups of TRAINING_ROW_GROUP_ROWS rows,
+    reading each part batch by batch; returns the rows written."""
     groups = RowGroups(out)
     for part in parts:
-        source = pq.ParquetFile(part)
-        for index in range(source.num_row_groups):
-            groups.add(source.read_row_group(index))
+        for table in iter_tables(part):
+            groups.add(table)
     groups.close()
+    return groups.rows
 
 
-def count_outcomes(n_rows: int, quarantine, window_counts: dict, max_bad_share: float) -> dict:
+QUARANTINE_ORDER = [("reject_reason", "ascending"), ("event_id", "ascending")]
+
+
+def _quarantine_key(reason, event_id) -> tuple:
+    """Python's order of the quarantine sort key, as Arrow's sort_by (byte order, nulls last)."""
+    return (reason is None, reason or "", event_id is None, event_id or "")
+
+
+class _SortedRun:
+    """One sorted run file, read `rows` at a time, with the sort keys of its current table."""
+
+    def __init__(self, path: Path, rows: int):
+        self.tables = iter_tables(path, rows=rows)
+        self.table, self.keys, self.position = None, [], 0
+        self.advance()
+
+    def advance(self) -> bool:
+        for table in self.tables:
+            if table.num_rows:
+                self.table, self.position = table, 0
+                self.keys = [_quarantine_key(r, e) for r, e in zip(table["reject_reason"].to_pylist(),
+                                                                   table["event_id"].to_pylist())]
+                return True
+        self.table, self.keys = None, []
+        return False
+
+
+def quarantine_outcome(table, outcome: dict | None = None) -> dict:
+    """Add one quarantine table's figures to `outcome` (by reason; the acceptances among them
+    that had a valid plan_id, which count towards duplicate_acceptances)."""
     import pyarrow.compute as pc
 
-    by_reason = {reason: 0 for reason in schema.REJECT_REASONS}
-    for item in quarantine.group_by("reject_reason").aggregate([("event_id", "count")]).to_pylist():
-        by_reason[item["reject_reason"]] = item["event_id_count"]
-    first_acceptances = n_rows + int(pc.sum(pc.and_(
-        pc.equal(quarantine["event_type"], "plan_accepted"),
-        pc.not_equal(quarantine["reject_reason"], "invalid_plan_id"))).as_py() or 0)
-    candidates = n_rows + quarantine.num_rows
-    bad_share = quarantine.num_rows / candidates if candidates else 0.0
+    outcome = outcome or {"quarantined": 0, "by_reason": {reason: 0 for reason in schema.REJECT_REASONS},
+                          "first_acceptances": 0}
+    for item in table.group_by("reject_reason").aggregate([("event_id", "count")]).to_pylist():
+        outcome["by_reason"][item["reject_reason"]] = (outcome["by_reason"].get(item["reject_reason"], 0)
+                                                       + item["event_id_count"])
+    outcome["first_acceptances"] += int(pc.sum(pc.and_(
+        pc.equal(table["event_type"], "plan_accepted"),
+        pc.not_equal(table["reject_reason"], "invalid_plan_id"))).as_py() or 0)
+    outcome["quarantined"] += table.num_rows
+    return outcome
+
+
+def write_quarantine(parts: list[Path], destination: Path, rows: int | None = None) -> dict:
+    """quarantine.parquet sorted by (reject_reason, event_id), by an external merge sort: each
+    part is cut into sorted runs of at most `rows` rows (spilled to a scratch directory), then
+    the runs are merged, reading each `rows / runs` rows at a time. The same bytes as sorting the
+    concatenated parts in memory (ties keep the parts' order, as Arrow's stable sort does), in
+    row groups of ROW_GROUP_SIZE rows. Returns the figures of `quarantine_outcome`."""
+    import heapq
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = rows or batch_rows()
+    target = schema.arrow_schema(schema.QUARANTINE_FIELDS)
+    outcome = quarantine_outcome(target.empty_table())
+    with tempfile.TemporaryDirectory(prefix="planner-quarantine-") as scratch:
+        runs: list[Path] = []
+        for part in parts:
+            for table in iter_tables(part, rows=rows):
+                if not table.num_rows:
+                    continue
+                quarantine_outcome(table, outcome)
+                runs.append(Path(scratch) / f"run-{len(runs):06d}.parquet")
+                pq.write_table(table.sort_by(QUARANTINE_ORDER), runs[-1], compression="none")
+        readers = [_SortedRun(run, max(1, rows // max(1, len(runs)))) for run in runs]
+        heap = [(reader.keys[0], index) for index, reader in enumerate(readers) if reader.table is not None]
+        heapq.heapify(heap)
+        with pq.ParquetWriter(destination, target, compression="zstd") as out:
+            groups = RowGroups(out, size=ROW_GROUP_SIZE, ordered=False)
+            pieces: list = []  # (reader, table, start, stop): slices of the runs' current tables, in merged order
+            pending = 0
+            while heap:
+                _, index = heapq.heappop(heap)
+                reader = readers[index]
+                if pieces and pieces[-1][0] == index and pieces[-1][1] is reader.table \
+                        and pieces[-1][3] == reader.position:
+                    pieces[-1][3] += 1
+                else:
+                    pieces.append([index, reader.table, reader.position, reader.position + 1])
+                pending += 1
+                reader.position += 1
+                if reader.position < len(reader.keys) or reader.advance():
+                    heapq.heappush(heap, (reader.keys[reader.position], index))
+                if pending >= rows or not heap:
+                    groups.add(pa.concat_tables([t.slice(a, b - a) for _, t, a, b in pieces]))
+                    pieces, pending = [], 0
+            groups.close()
+            if not groups.rows:  # as pyarrow writes an empty table: one row group of no rows
+                out.write_table(target.empty_table(), row_group_size=ROW_GROUP_SIZE)
+    return outcome
+
+
+def count_outcomes(n_rows: int, quarantine: dict, window_counts: dict, max_bad_share: float) -> dict:
+    """The counts of the version from its row count and the quarantine's figures (`quarantine_outcome`)."""
+    quarantined = quarantine["quarantined"]
+    first_acceptances = n_rows + quarantine["first_acceptances"]
+    candidates = n_rows + quarantined
+    bad_share = quarantined / candidates if candidates else 0.0
     return {
         **window_counts,
         "rows": n_rows,
-        "quarantined": quarantine.num_rows,
-        "quarantined_by_reason": by_reason,
+        "quarantined": quarantined,
+        "quarantined_by_reason": dict(quarantine["by_reason"]),
         "duplicate_acceptances": max(0, window_counts["acceptances_with_plan_id"] - first_acceptances),
         "bad_share": round(bad_share, 6),
         "max_bad_share": max_bad_share,
@@ -284,22 +406,25 @@ SUMMARY_COLUMNS = ["household_id", "accepted_at", "workflow_type", "mode", "poli
 
 def write_version_files(dsn: str, window: Window, staging: Path, max_bad_share: float, rows_parts: list[Path],
                         quarantine_parts: list[Path], recipe_ids: set[str], window_counts: dict) -> dict:
-    """Every data file of the version from its parts (in plan_id order) into `staging`; the counts."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Every data file of the version from its parts (in plan_id order) into `staging`; the counts.
+
+    Memory is bounded by the batch setting (`PLANNER_DATASET_BATCH_ROWS`), not by the window:
+    the rows are appended batch by batch, the quarantine is merge-sorted from runs of that size,
+    and the summary is accumulated over batches of the written file."""
+    from include.dataset.summary import SummaryStats
 
     with training_writer(staging / names.DATASET_TRAINING_FILE) as training_out:
-        append_parquet(rows_parts, training_out)
-    quarantine = pa.concat_tables([pq.read_table(part) for part in quarantine_parts])
-    quarantine = quarantine.sort_by([("reject_reason", "ascending"), ("event_id", "ascending")]).combine_chunks()
-    write_parquet(quarantine, staging / names.DATASET_QUARANTINE_FILE)
+        n_rows = append_parquet(rows_parts, training_out)
+    quarantine = write_quarantine(quarantine_parts, staging / names.DATASET_QUARANTINE_FILE)
     write_parquet(referenced_recipes(dsn, recipe_ids), staging / names.DATASET_RECIPES_FILE)
 
-    rows = pq.read_table(staging / names.DATASET_TRAINING_FILE, columns=SUMMARY_COLUMNS)
-    counts = {"window": window.as_dict(), **count_outcomes(rows.num_rows, quarantine, window_counts, max_bad_share)}
+    stats = SummaryStats()
+    for table in iter_tables(staging / names.DATASET_TRAINING_FILE, columns=SUMMARY_COLUMNS):
+        stats.add(table)
+    counts = {"window": window.as_dict(), **count_outcomes(n_rows, quarantine, window_counts, max_bad_share)}
     (staging / names.DATASET_COUNTS_FILE).write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
     (staging / names.DATASET_SCHEMA_FILE).write_text(schema.schema_document(window.version, window.as_dict()))
-    (staging / names.DATASET_SUMMARY_FILE).write_text(render_summary(window, counts, rows))
+    (staging / names.DATASET_SUMMARY_FILE).write_text(render_summary(window, counts, stats))
     return counts
 
 

@@ -5,25 +5,59 @@ from include.dataset import schema
 from include.dataset.window import Window
 
 
-def _shares(column) -> str:
-    import pyarrow.compute as pc
+class SummaryStats:
+    """What the summary says about the rows, accumulated batch by batch (`add`): exact counts,
+    sums, extremes and value counts, so the text is the same whatever the batch size. Distinct
+    households are kept as one Arrow string array of the ids seen (a key set: about 40 bytes a
+    household, never the rows)."""
 
-    total = len(column)
-    if not total:
-        return "none"
-    counts = pc.value_counts(column.fill_null("(missing)")).to_pylist()
-    counts.sort(key=lambda item: (-item["counts"], str(item["values"])))
-    return ", ".join(f"{item['values']} ({100 * item['counts'] / total:.0f}%)" for item in counts)
+    def __init__(self):
+        self.rows = 0
+        self.households = None
+        self.first_accepted = self.last_accepted = None
+        self.values: dict[str, dict] = {"workflow_type": {}, "mode": {}, "policy_version_id": {}}
+        self.with_previous_plan = self.with_user_edits = self.proposed_meals = self.accepted_meals = 0
+
+    def add(self, rows) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not rows.num_rows:
+            return
+        self.rows += rows.num_rows
+        seen = pc.unique(rows["household_id"].combine_chunks())
+        self.households = seen if self.households is None else pc.unique(pa.concat_arrays([self.households, seen]))
+        low, high = pc.min(rows["accepted_at"]).as_py(), pc.max(rows["accepted_at"]).as_py()
+        self.first_accepted = low if self.first_accepted is None or (low is not None and low < self.first_accepted) \
+            else self.first_accepted
+        self.last_accepted = high if self.last_accepted is None or (high is not None and high > self.last_accepted) \
+            else self.last_accepted
+        for column, counts in self.values.items():
+            for item in pc.value_counts(rows[column].fill_null("(missing)")).to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        self.with_previous_plan += pc.sum(rows["has_previous_plan"]).as_py() or 0
+        self.with_user_edits += pc.sum(pc.greater(rows["n_user_edits"], 0)).as_py() or 0
+        self.proposed_meals += pc.sum(rows["n_proposed_meals"]).as_py() or 0
+        self.accepted_meals += pc.sum(rows["n_accepted_meals"]).as_py() or 0
+
+    @property
+    def n_households(self) -> int:
+        return 0 if self.households is None else len(self.households)  # a missing id counts once, as before
+
+    def shares(self, column: str) -> str:
+        total = sum(self.values[column].values())
+        if not total:
+            return "none"
+        counts = sorted(self.values[column].items(), key=lambda item: (-item[1], str(item[0])))
+        return ", ".join(f"{value} ({100 * count / total:.0f}%)" for value, count in counts)
 
 
 def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "n/a"
 
 
-def render_summary(window: Window, counts: dict, rows) -> str:
-    import pyarrow.compute as pc
-
-    n = rows.num_rows
+def render_summary(window: Window, counts: dict, stats: SummaryStats) -> str:
+    n = stats.rows
     lines = [
         f"# Dataset: planner/{window.version}",
         "",
@@ -38,16 +72,14 @@ def render_summary(window: Window, counts: dict, rows) -> str:
     ]
     if n:
         lines += [
-            f"- Households: {len(pc.unique(rows['household_id'])):,}",
-            f"- Date range (accepted): {pc.min(rows['accepted_at']).as_py().date()} to "
-            f"{pc.max(rows['accepted_at']).as_py().date()}",
-            f"- Workflow types: {_shares(rows['workflow_type'])}",
-            f"- Modes: {_shares(rows['mode'])}",
-            f"- Policy versions: {_shares(rows['policy_version_id'])}",
-            f"- With a previous plan: {_pct(pc.sum(rows['has_previous_plan']).as_py() or 0, n)}; "
-            f"with user edits: {_pct(pc.sum(pc.greater(rows['n_user_edits'], 0)).as_py() or 0, n)}",
-            f"- Proposed meals: {pc.sum(rows['n_proposed_meals']).as_py():,}; "
-            f"accepted meals: {pc.sum(rows['n_accepted_meals']).as_py():,}",
+            f"- Households: {stats.n_households:,}",
+            f"- Date range (accepted): {stats.first_accepted.date()} to {stats.last_accepted.date()}",
+            f"- Workflow types: {stats.shares('workflow_type')}",
+            f"- Modes: {stats.shares('mode')}",
+            f"- Policy versions: {stats.shares('policy_version_id')}",
+            f"- With a previous plan: {_pct(stats.with_previous_plan, n)}; "
+            f"with user edits: {_pct(stats.with_user_edits, n)}",
+            f"- Proposed meals: {stats.proposed_meals:,}; accepted meals: {stats.accepted_meals:,}",
         ]
     else:
         lines.append("- No rows: no plan had its first acceptance in this window.")

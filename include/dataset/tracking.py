@@ -33,7 +33,6 @@ def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> 
     point there). Versions published before revisions are identified by their rows' digest.
     """
     import mlflow
-    import pandas as pd
 
     from include.core import storage
 
@@ -50,7 +49,7 @@ def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> 
         return previous[0].info.run_id
 
     fs, path = storage.published(uri)
-    frame = pd.read_parquet(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}", columns=INPUT_COLUMNS, filesystem=fs)
+    dataset = rows_input(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}", fs, uri, version, digest)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dataset-{version}" + (f"-{revision}" if revision
                                                                                          else "")) as run:
         mlflow.set_tags({"dataset_version": version, "dataset_uri": uri, "dataset_digest": digest,
@@ -64,8 +63,30 @@ def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> 
         for name in TRACKED_FILES:
             if fs.exists(f"{path.rstrip('/')}/{name}"):
                 mlflow.log_text(storage.read_text(uri, name), name)
-        with warnings.catch_warnings():  # MLflow's hint about integer columns: ours have no missing values
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=dataset_source(uri), name=f"{names.DATASET_NAME}/{version}")
-            mlflow.log_input(dataset, context="training")  # the schema is inferred here
+        mlflow.log_input(dataset, context="training")
         return run.info.run_id
+
+
+def rows_input(rows_path: str, fs, uri: str, version: str, digest: str):
+    """The rows as an MLflow input without reading them: a MetaDataset with the rows' source, the
+    revision's content digest (the first 16 hex digits, as training logs the same input) and the
+    schema of INPUT_COLUMNS as MLflow infers it from pandas, taken from the file's first batch only
+    (the columns' types are the file's, the same in every row). The rows' count is the run's
+    `rows` metric. Reading the whole table into pandas, as `mlflow.data.from_pandas` needs, would
+    make this task's memory grow with the window."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.utils import _infer_schema
+
+    from include.dataset.build import iter_tables
+
+    head = next(iter_tables(rows_path, columns=INPUT_COLUMNS, filesystem=fs), None)
+    if head is None:
+        import pyarrow.parquet as pq
+
+        with fs.open(rows_path, "rb") as handle:
+            head = pq.read_schema(handle).empty_table().select(INPUT_COLUMNS)
+    with warnings.catch_warnings():  # MLflow's hint about integer columns: ours have no missing values
+        warnings.simplefilter("ignore", UserWarning)
+        schema = _infer_schema(head.to_pandas())
+    return MetaDataset(source=dataset_source(uri), name=f"{names.DATASET_NAME}/{version}", digest=digest[:16],
+                       schema=schema)
