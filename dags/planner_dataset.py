@@ -121,11 +121,19 @@ def planner_dataset():
 
     @task(outlets=[DATASET_ASSET])
     def log_dataset(published: dict) -> str:
+        from include.core import storage
         from include.dataset.tracking import log_dataset_version
+        from include.drift.tracking import log_drift
 
         context = get_current_context()
+        # the revision this run published (its XCom), not whatever the pointer names now: a cleared
+        # log step of an older run logs its own revision
         run_id = log_dataset_version(published["uri"], published["counts"],
-                                     airflow={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
+                                     airflow={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+                                     revision=published["revision"], digest=published["digest"])
+        revision_uri = (storage.join(published["uri"], published["revision"]) if published["revision"]
+                        else published["uri"])
+        log_drift(revision_uri, run_id=run_id, context=context)  # against the previous version; alerts over limits
         context["outlet_events"][DATASET_ASSET].extra = {
             "dataset_version": published["version"], "dataset_uri": published["uri"], "rows": published["rows"],
             "mlflow_run_id": run_id, "dataset_revision": published["revision"], "dataset_digest": published["digest"],

@@ -183,8 +183,10 @@ def model_in_storage(trained_model, storage_root) -> Path:
 
 # Test models train for seconds, not minutes: looser absolutes than the promotion gate's defaults
 # (which `make lifecycle`'s model passes), the same checks; ROC AUC >= 0.70 still tells good from shuffled.
+# Latency measures the machine, not the model: a loaded CI machine scored p95 > 500 ms with a good model,
+# so these tests do not gate on it (tests/promotion/test_gate.py tests the latency check itself).
 FAST_MODEL_GATE = {"DEPLOY_ACCURACY_THRESHOLD": "0.5", "DEPLOY_LOSS_THRESHOLD": "0.7",
-                   "DEPLOY_VAL_LOSS_THRESHOLD": "0.7"}
+                   "DEPLOY_VAL_LOSS_THRESHOLD": "0.7", "DEPLOY_LATENCY_THRESHOLD": "60000"}
 
 
 def copy_as_new_training_run(model_dir: Path, dest: Path) -> Path:

@@ -21,8 +21,13 @@ def airflow_tags(airflow: dict | None) -> dict[str, str]:
     return {f"airflow_{key}": str(airflow[key]) for key in ("dag_id", "run_id") if airflow.get(key)}
 
 
-def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> str:
-    """Log (or find) the MLflow run of the version's current revision; returns its run id.
+def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None, revision: str | None = None,
+                        digest: str | None = None) -> str:
+    """Log (or find) the MLflow run of a revision of the version; returns its run id.
+
+    `revision`/`digest`: the revision the publish step produced (from its XCom), so that a cleared,
+    re-run log step logs what its own DAG run published even after a newer revision took the
+    pointer; without them, the revision the pointer names now.
 
     `airflow`: the `{dag_id, run_id}` of the DAG run that logs it, recorded as the run's tags
     `airflow_dag_id` and `airflow_run_id` (the lineage's dataset phase); a reused run keeps the
@@ -38,9 +43,15 @@ def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> 
 
     window = counts["window"]
     version = window["version"]
-    pointer = storage.read_pointer(uri) or {}
-    revision = pointer.get("attempt", "") if str(pointer.get("attempt", "")).startswith(storage.REVISION_PREFIX) else ""
-    digest = pointer.get("digest") if revision else content_digest(uri, names.DATASET_TRAINING_FILE)
+    if revision is None:
+        pointer = storage.read_pointer(uri) or {}
+        attempt = str(pointer.get("attempt", ""))
+        revision = attempt if attempt.startswith(storage.REVISION_PREFIX) else ""
+        digest = pointer.get("digest") if revision else None
+    elif revision and not digest:
+        raise ValueError(f"revision {revision} of {uri} given without its digest")
+    content_uri = storage.join(uri, revision) if revision else uri  # what this run logs, whatever the pointer says now
+    digest = digest or content_digest(uri, names.DATASET_TRAINING_FILE)
     experiment_id = ensure_experiment(names.EXPERIMENT_DATASET)
     client = mlflow.MlflowClient()
     previous = client.search_runs([experiment_id], filter_string=f"tags.dataset_version = '{version}' "
@@ -48,7 +59,9 @@ def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> 
     if previous:
         return previous[0].info.run_id
 
-    fs, path = storage.published(uri)
+    if revision and not storage.is_complete(content_uri):
+        raise ValueError(f"revision {content_uri} is not complete or no longer exists: nothing to log")
+    fs, path = storage.published(content_uri)
     dataset = rows_input(f"{path.rstrip('/')}/{names.DATASET_TRAINING_FILE}", fs, uri, version, digest)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dataset-{version}" + (f"-{revision}" if revision
                                                                                          else "")) as run:
@@ -62,7 +75,7 @@ def log_dataset_version(uri: str, counts: dict, airflow: dict | None = None) -> 
         mlflow.log_metrics({f"quarantined_{reason}": float(n) for reason, n in counts["quarantined_by_reason"].items()})
         for name in TRACKED_FILES:
             if fs.exists(f"{path.rstrip('/')}/{name}"):
-                mlflow.log_text(storage.read_text(uri, name), name)
+                mlflow.log_text(storage.read_text(content_uri, name), name)
         mlflow.log_input(dataset, context="training")
         return run.info.run_id
 

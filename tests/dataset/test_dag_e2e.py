@@ -81,6 +81,8 @@ def test_dataset_dag_publishes_logs_and_emits_the_asset(generated, dataset_dag):
     assert mlflow_run.data.tags["dataset_uri"] == uri
     assert mlflow_run.data.tags["dataset_digest"] == content["digest"]
     assert mlflow_run.data.tags["dataset_revision"] == content["revision"]
+    # the log step compared it with the previous version (none here, or an earlier test's): drift is recorded
+    assert mlflow_run.data.tags["drift_status"] in ("no_previous", "ok", "warn", "alert")
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     assert {names.DATASET_SCHEMA_FILE, names.DATASET_SUMMARY_FILE, names.DATASET_VALIDATION_FILE} <= artifacts
     assert mlflow_run.inputs.dataset_inputs[0].dataset.name == f"planner/{VERSION}"
