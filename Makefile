@@ -33,6 +33,7 @@ bench: $(STAMP)  ## benchmarks (ratios against baselines measured in the same ru
 	$(PY) -m bench.registration
 	$(PY) -m bench.offline_eval
 	$(PY) -m bench.object_storage
+	$(PY) -m bench.models_page
 
 venv: $(STAMP)
 
