@@ -43,7 +43,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, t
 from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import DATASET_ASSET
-from include.core.config import settings
+from include.core.config import apply_offline_env, settings
 
 DEFAULTS = settings()
 
@@ -56,7 +56,8 @@ DEFAULTS = settings()
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "dataset", "weekly"],
-    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 2,
+    default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                  "on_failure_callback": failure_notifiers(), "retries": 2,
                   "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
     params={
         "end_date": Param(None, type=["null", "string"], format="date",

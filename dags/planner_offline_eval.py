@@ -28,6 +28,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import OFFLINE_EVAL_ASSET, REGISTERED_MODEL_ASSET
+from include.core.config import apply_offline_env
 
 
 def _fail(error: Exception):
@@ -44,7 +45,8 @@ def _fail(error: Exception):
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "evaluation", "mlflow"],
-    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 1,
+    default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                  "on_failure_callback": failure_notifiers(), "retries": 1,
                   "retry_delay": timedelta(minutes=1)},
     params={
         "model_version": Param(None, type=["null", "string"], pattern=r"^([0-9]+|[A-Za-z_][A-Za-z0-9_-]*)$",

@@ -23,6 +23,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from include.alerts import failure_notifiers
 from include.core import names
+from include.core.config import apply_offline_env
 from include.promotion.approval import RecordedApprovalOperator
 
 APPROVAL_TIMEOUT = timedelta(days=3)
@@ -51,7 +52,8 @@ def _airflow_ids(context) -> dict:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "promotion", "canary", "mlflow"],
-    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
+    default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                  "on_failure_callback": failure_notifiers(), "retries": 0},
     params={
         "as_of": Param(None, type=["null", "string"], format="date", title="As of",
                        description="Count events before midnight UTC of this day (YYYY-MM-DD); empty: today."),

@@ -24,6 +24,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import OFFLINE_EVAL_ASSET
+from include.core.config import apply_offline_env
 from include.promotion.approval import RecordedApprovalOperator
 
 APPROVAL_TIMEOUT = timedelta(days=3)
@@ -63,7 +64,8 @@ def _airflow_ids(context) -> dict:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "promotion", "mlflow"],
-    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
+    default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                  "on_failure_callback": failure_notifiers(), "retries": 0},
     params={
         "model_version": Param(None, type=["null", "string"], pattern=r"^([0-9]+|[A-Za-z_][A-Za-z0-9_-]*)$",
                                title="Model version",

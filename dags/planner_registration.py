@@ -38,7 +38,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import MODEL_ARTIFACTS_ASSET, REGISTERED_MODEL_ASSET
-from include.core.config import registration_settings
+from include.core.config import apply_offline_env, registration_settings
 from include.core.storage import models_root
 from include.registration.waiting import MARKER_XCOM_KEY, artifact_wait_spec, build_sensor, published_marker
 
@@ -52,7 +52,8 @@ SETTINGS = registration_settings()
     catchup=False,
     doc_md=__doc__,
     tags=["planner", "registration", "mlflow"],
-    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
+    default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                  "on_failure_callback": failure_notifiers(), "retries": 0},
     params={
         "model_path": Param(None, type=["null", "string"], title="Model path",
                             description="A run directory under the models root: a path or URI under it (e.g. "

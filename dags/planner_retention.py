@@ -44,6 +44,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from include.alerts import failure_notifiers
 from include.core import names
+from include.core.config import apply_offline_env
 from include.retention import DAG_RETENTION
 
 SCHEDULE = "0 3 * * 0"  # Sundays 03:00 UTC
@@ -79,7 +80,8 @@ def _plan(now: datetime) -> tuple[list, list, dict]:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "retention", "maintenance"],
-    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
+    default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                  "on_failure_callback": failure_notifiers(), "retries": 0},
     params={
         "dry_run": Param(True, type="boolean", title="Dry run",
                          description="List what would be removed, remove nothing. Scheduled runs ignore this "

@@ -47,7 +47,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from include.alerts import failure_notifiers
 from include.core import names
 from include.core.assets import DATASET_ASSET, MODEL_ARTIFACTS_ASSET
-from include.core.config import settings, training_settings
+from include.core.config import apply_offline_env, settings, training_settings
 from include.training.backends import BACKENDS, databricks_run_json, kubernetes_pod_kwargs
 
 DEPLOY = training_settings()
@@ -63,7 +63,8 @@ TRAINING_RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='resolve_inputs', key='trai
     max_active_runs=1,
     doc_md=__doc__,
     tags=["planner", "training", "gpu"],
-    default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 2,
+    default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                  "on_failure_callback": failure_notifiers(), "retries": 2,
                   "retry_delay": timedelta(minutes=5)},
     params={
         "backend": Param(DEPLOY.backend, type="string", enum=list(BACKENDS), title="Backend"),

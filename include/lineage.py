@@ -343,7 +343,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    from include.core import config  # noqa: F401  (the offline environment before MLflow loads)
+    from include.core.config import apply_offline_env
+
+    apply_offline_env()  # before MLflow loads
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # the store's migration chatter is not the answer
     args = parse_args(argv)

@@ -153,7 +153,7 @@ def chain_deadline_dag():
     from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
     from include.alerts import failure_notifiers, smtp_notifier
-    from include.core.config import alert_settings, settings
+    from include.core.config import alert_settings, apply_offline_env, settings
 
     config, alerts, watch_mode = settings(), alert_settings(), mode()
     deadline = None
@@ -173,7 +173,8 @@ def chain_deadline_dag():
          schedule=(CronTriggerTimetable(config.dataset_schedule, timezone="UTC")
                    if config.dataset_schedule and alerts.enabled else None),
          catchup=False, max_active_runs=2, tags=["planner", "alerts", "weekly"], doc_md=__doc__, deadline=deadline,
-         default_args={"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 0},
+         default_args={"owner": "ml-platform", "on_execute_callback": apply_offline_env,
+                       "on_failure_callback": failure_notifiers(), "retries": 0},
          params={"dataset_version": Param(None, type=["null", "string"], format="date", title="Dataset version",
                                           description="The week to watch (its Monday, YYYY-MM-DD); empty: the "
                                                       "Monday of the run, as planner_dataset builds it.")})

@@ -11,7 +11,9 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-# Nothing the project runs may reach a model hub or a telemetry endpoint.
+# Nothing the project runs may reach a model hub or a telemetry endpoint.  Set where the project runs
+# things (its tasks, through `on_execute_callback`; its CLIs and scripts; the services it starts), never
+# as a side effect of importing this module: Airflow parses the DAG files for every team's DAGs.
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -20,8 +22,13 @@ OFFLINE_ENV = {
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
-for _key, _value in OFFLINE_ENV.items():
-    os.environ.setdefault(_key, _value)
+
+
+def apply_offline_env(*_context) -> None:
+    """Keep this process off model hubs and telemetry (an explicit setting wins). Also each DAG's
+    `on_execute_callback`: it runs in the task's process before the task, and before any heavy import."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def _env(name: str, default: str) -> str:

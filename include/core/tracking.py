@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from include.core.config import settings
+from include.core.config import apply_offline_env, settings
 
 
 def configure_mlflow() -> str:
+    apply_offline_env()  # no MLflow telemetry from whatever process logs
     import mlflow
 
     uri = settings().mlflow_tracking_uri

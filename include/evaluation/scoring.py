@@ -102,7 +102,6 @@ def keep_rate_scores(training_dataset_uri: str, cutoff, recipe_ids: list[str]) -
     import pyarrow.parquet as pq
 
     from include.core import storage
-
     from include.evaluation.replay import exact_content
 
     fs, path = exact_content(training_dataset_uri)

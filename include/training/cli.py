@@ -413,7 +413,9 @@ def finish_published(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.core import config  # noqa: F401  (sets the offline environment before any library loads)
+    from include.core.config import apply_offline_env
+
+    apply_offline_env()  # before any library loads: no model hub, no telemetry
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     started_at = time.monotonic()

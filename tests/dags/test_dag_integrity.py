@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from include.core.config import OFFLINE_ENV
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
 HEAVY_MODULES = ["torch", "transformers", "mlflow", "pandas", "pyarrow", "great_expectations",
@@ -21,8 +23,10 @@ import json, sys
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 heavy = sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)
+import os
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
-                  "dags": sorted(bag.dag_ids), "heavy": heavy}))
+                  "dags": sorted(bag.dag_ids), "heavy": heavy,
+                  "env_set": sorted(k for k in json.loads(sys.argv[3]) if k in os.environ)}))
 """
 
 
@@ -30,7 +34,10 @@ def _parse(path: Path) -> dict:
     env = dict(os.environ)
     env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = "sqlite:////nonexistent-dir/airflow.db"
     env["AIRFLOW_CONN_EVENTS_DB"] = "postgresql://nobody@127.0.0.1:9/unreachable"
-    result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(path), json.dumps(HEAVY_MODULES)],
+    for key in OFFLINE_ENV:  # parsing must not set them: the parser serves every team's DAGs
+        env.pop(key, None)
+    result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(path), json.dumps(HEAVY_MODULES),
+                             json.dumps(sorted(OFFLINE_ENV))],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -42,6 +49,18 @@ def test_dag_file_parses_without_db_or_heavy_imports(path):
     assert parsed["errors"] == {}
     assert parsed["dags"], f"{path.name} defines no DAG"
     assert parsed["heavy"] == [], f"{path.name} imports heavy modules at parse time: {parsed['heavy']}"
+    assert parsed["env_set"] == [], f"{path.name} changes the parser's environment: {parsed['env_set']}"
+
+
+def test_every_task_goes_offline_before_it_runs(dagbag):
+    """The offline environment is set in each task's process, by its on_execute_callback, not at parse time."""
+    from include.core.config import apply_offline_env
+
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            callbacks = task.on_execute_callback
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert apply_offline_env in callbacks, f"{dag_id}.{task.task_id}: no offline environment before it runs"
 
 
 @pytest.fixture(scope="module")

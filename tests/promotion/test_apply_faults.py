@@ -5,13 +5,12 @@ work, in a real MLflow registry, the real PostgreSQL `ml` schema and the real Re
 stands for Redis being down; the Redis check is skipped where none answers)."""
 from __future__ import annotations
 
-
 import pytest
 
 from include.core import names
+from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 from tests.promotion.records import champion, records
 from tests.promotion.records import redis_champion as read_redis_champion
-from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 DEAD_REDIS_URL = "redis://127.0.0.1:1/14"

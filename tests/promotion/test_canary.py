@@ -13,10 +13,23 @@ import numpy as np
 import pytest
 
 from bench.canary import (
-    binomial_only, first_decision, peeking_z_rejects, simulate_clustered, simulate_meals, wrong_in_aa,
+    binomial_only,
+    first_decision,
+    peeking_z_rejects,
+    simulate_clustered,
+    simulate_meals,
+    wrong_in_aa,
 )
 from include.promotion.canary import (
-    CANARY_POLICY, ArmCounts, CanaryLook, Decision, decide, experiment_id, msprt, run_looks, validate_policy,
+    CANARY_POLICY,
+    ArmCounts,
+    CanaryLook,
+    Decision,
+    decide,
+    experiment_id,
+    msprt,
+    run_looks,
+    validate_policy,
 )
 
 POLICY = dict(CANARY_POLICY)

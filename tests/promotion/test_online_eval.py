@@ -13,8 +13,15 @@ import pytest
 
 from include.core import names
 from tests.conftest import isolated_planner
-from tests.promotion.canary_world import (START, ArmEvents, promote_directly, register_versions, reset, start_canary,
-                                          truncate_source)
+from tests.promotion.canary_world import (
+    START,
+    ArmEvents,
+    promote_directly,
+    register_versions,
+    reset,
+    start_canary,
+    truncate_source,
+)
 from tests.promotion.records import champion, records
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +45,6 @@ def _redis_answers() -> bool:
 @pytest.fixture(scope="module")
 def world(events_dsn, tmp_path_factory):
     import mlflow
-    import redis
 
     root = tmp_path_factory.mktemp("online_eval")
     has_redis = _redis_answers()

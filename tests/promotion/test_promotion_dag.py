@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from include.core import names
+from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 from tests.promotion.records import champion, records
 from tests.promotion.records import redis_champion as read_redis_champion
-from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/13"

@@ -15,7 +15,7 @@ import pytest
 from include.core import names, storage
 from include.core.config import registration_settings
 from include.registration import waiting
-from tests.registration.test_registration_dag import _registered_versions, parse_registration_dag, run_output
+from tests.registration.test_registration_dag import _registered_versions, parse_registration_dag
 
 
 def _settings(monkeypatch, **env: str):
