@@ -57,15 +57,16 @@ def _airflow_ids(context) -> dict:
     params={
         "as_of": Param(None, type=["null", "string"], format="date", title="As of",
                        description="Count events before midnight UTC of this day (YYYY-MM-DD); empty: today."),
-        "require_approval": Param(False, type="boolean", title="Require approval",
+        "require_approval": Param(None, type=["null", "boolean"], title="Require approval",
                                   description="Ask a person (Required actions) before a promoting canary moves the "
-                                              "champion. A rollback needs nobody: the champion stays."),
+                                              "champion; empty: as the canary's start (asked when a person "
+                                              "approved it). A rollback needs nobody: the champion stays."),
     },
 )
 def planner_online_eval():
     @task(retries=2, retry_delay=timedelta(seconds=30))
     def look() -> dict:
-        from include.promotion.online import find_canary, look_end, take_look
+        from include.promotion.online import find_canary, look_end, promotion_needs_approval, take_look
 
         context = get_current_context()
         dsn = _events_dsn()
@@ -74,13 +75,14 @@ def planner_online_eval():
             print("no canary is running: nothing to look at")
             return {"action": "none", "canary": None}
         plan = take_look(dsn, canary, look_end(context["params"].get("as_of")), _airflow_ids(context))
+        plan["require_approval"] = promotion_needs_approval(dsn, canary, context["params"].get("require_approval"))
         print(plan["summary"])
         return plan
 
     @task.branch
     def route(plan: dict) -> list[str]:
         if plan["action"] == "promote":
-            return ["await_approval"] if get_current_context()["params"]["require_approval"] else ["conclude"]
+            return ["await_approval"] if plan.get("require_approval") else ["conclude"]
         return ["conclude"] if plan["action"] == "rollback" else []
 
     await_approval = RecordedApprovalOperator(
@@ -101,7 +103,7 @@ def planner_online_eval():
 
         context = get_current_context()
         approver = None
-        if plan["action"] == "promote" and context["params"]["require_approval"]:
+        if plan["action"] == "promote" and plan.get("require_approval"):
             approver = approver_of(context["ti"].xcom_pull(task_ids="await_approval", key="response"))
         result = conclude(_events_dsn(), plan, approver, _airflow_ids(context))
         print(f"{result['outcome']}: {result['reasons']} (decision {result['decision_id']}, champion "

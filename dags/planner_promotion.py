@@ -120,8 +120,9 @@ def planner_promotion():
 
     await_approval = RecordedApprovalOperator(
         task_id="await_approval",
-        subject="{{ ti.xcom_pull(task_ids='decide')['action'] | capitalize }} planner_acceptance version "
-                "{{ ti.xcom_pull(task_ids='decide')['model_version'] }}?",
+        subject="{% set plan = ti.xcom_pull(task_ids='decide') %}"
+                "{{ 'Start a canary of' if plan['outcome'] == 'canary_started' else plan['action'] | capitalize }}"
+                " planner_acceptance version {{ plan['model_version'] }}?",
         body="{{ ti.xcom_pull(task_ids='decide')['summary'] }}",
         defaults="Reject",
         response_timeout=APPROVAL_TIMEOUT,

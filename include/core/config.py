@@ -112,6 +112,12 @@ class TrainingSettings:
     cpu_per_gpu: int           # CPU request per training process
 
 
+def _at_least(value: int, minimum: int, what: str) -> int:
+    if value < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {value}")
+    return value
+
+
 def training_settings() -> TrainingSettings:
     import json
 
@@ -133,7 +139,8 @@ def training_settings() -> TrainingSettings:
         trainer_wheel=_env("PLANNER_TRAINER_WHEEL",
                            "/Volumes/ml/planner/wheels/planner_trainer-0.1.0-py3-none-any.whl"),
         shm_size=_env("PLANNER_TRAINING_SHM_SIZE", "16Gi"),
-        memory_base_gib=int(_env("PLANNER_TRAINING_MEMORY_BASE_GIB", "36")),
+        memory_base_gib=_at_least(int(_env("PLANNER_TRAINING_MEMORY_BASE_GIB", "36")), 20,
+                                  "PLANNER_TRAINING_MEMORY_BASE_GIB (it holds /dev/shm; the request is 16 GiB less)"),
         memory_per_gpu_gib=int(_env("PLANNER_TRAINING_MEMORY_PER_GPU_GIB", "12")),
         cpu_per_gpu=int(_env("PLANNER_TRAINING_CPU_PER_GPU", "6")),
     )

@@ -54,6 +54,13 @@ def _describe(kind: str, kwargs: dict, result: dict, exception: dict | None) -> 
     return f"{kind} {json.dumps(kwargs, default=str)} -> {json.dumps(detail, default=str)}"
 
 
+def _identity(kind: str, kwargs: dict) -> tuple:
+    """What an expectation checks (its type and columns): the same in the suite and in GX's result,
+    whose other kwargs may have their parameters resolved."""
+    columns = tuple(str(kwargs.get(k)) for k in ("column", "column_A", "column_B", "column_list"))
+    return (kind, columns)
+
+
 class _Merged:
     """One expectation's results over every batch: counts summed, percentages recomputed over the
     whole table, the first PARTIAL_LIST unexpected values, the first exception."""
@@ -185,8 +192,21 @@ def run_expectations(rows_path: Path, window: Window, batch_rows: int | None = N
     def validate(frame) -> None:
         result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
             suite, result_format="SUMMARY", expectation_parameters=parameters)
-        for target, item in zip(merged, result.results):
-            target.add(item.success, item.result or {}, item.exception_info)
+        # GX regroups expectations by column before it validates: pair each result with its expectation
+        # by what it checks, never by position (a suite edited out of column order would misname checks)
+        waiting: dict[tuple, list[_Merged]] = {}
+        for target in merged:
+            waiting.setdefault(_identity(target.config["type"], target.config.get("kwargs", {})), []).append(target)
+        for item in result.results:
+            config = item.expectation_config
+            queue = waiting.get(_identity(config.type, config.kwargs))
+            if not queue:
+                raise RuntimeError(f"Great Expectations returned a result for {config.type} {config.kwargs}, "
+                                   "which is not in the suite")
+            queue.pop(0).add(item.success, item.result or {}, item.exception_info)
+        unanswered = [target.config["type"] for queue in waiting.values() for target in queue]
+        if unanswered:
+            raise RuntimeError(f"Great Expectations returned no result for {unanswered}")
 
     for table in iter_tables(rows_path, rows=batch_rows):
         if not table.num_rows:

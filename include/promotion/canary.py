@@ -83,8 +83,9 @@ CANARY_POLICY: dict[str, Any] = {
 """The canary's defaults; `include/promotion/policy.json` (`rollout`, `canary`) sets them, see
 `from_policy_file`.
 
-- `rollout`: `direct` (today: the gate moves `champion` at once) or `canary` (the gate's pass
-  starts an online experiment; `decide` moves `champion` or not);
+- `rollout`: `canary` (the default for runs the Asset starts: the gate's pass starts an online
+  experiment and `decide` moves `champion` or not) or `direct` (the gate moves `champion` at once;
+  runs from the trigger form, and the first model);
 - `share`: the share of households in the canary arm, (0, 1) (`include.serving.assignment`);
   0.2 keeps 80% of households on the proven model while the canary still gathers a fifth of the
   traffic; ramping it up later keeps every canary household in the canary (monotone);

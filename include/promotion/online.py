@@ -89,10 +89,8 @@ def _empty_arm() -> dict:
 
 def arm_figures(dsn: str, canary: dict, end: datetime) -> tuple[dict, dict]:
     """(per-arm figures, what was counted apart) of the canary's events up to `end`."""
-    import pyarrow.parquet as pq
-
     from include.core.features import kept_flags, proposed_meals
-    from include.dataset.build import build_dataset, fetch_arrow
+    from include.dataset.build import build_dataset, fetch_arrow, iter_tables
     from include.dataset.window import resolve_window
     from include.serving.assignment import in_canary
 
@@ -109,31 +107,32 @@ def arm_figures(dsn: str, canary: dict, end: datetime) -> tuple[dict, dict]:
         staging = Path(scratch) / "rows"
         staging.mkdir()
         build_dataset(dsn, window, staging, max_bad_share=1.0)
-        table = pq.read_table(staging / names.DATASET_TRAINING_FILE, columns=ROW_COLUMNS)
-    for row in table.to_pylist():
-        generated_at = row["generated_at"]
-        if generated_at.tzinfo is None:
-            generated_at = generated_at.replace(tzinfo=UTC)
-        if generated_at < started:
-            other["generated_before_start"] += 1
-            continue
-        arm = arm_of.get(row["policy_version_id"])
-        if arm is None:
-            key = str(row["policy_version_id"])
-            other["policy_version_ids"][key] = other["policy_version_ids"].get(key, 0) + 1
-            continue
-        if (arm == "canary") != in_canary(row["household_id"], canary["experiment_id"], canary["share"]):
-            other["misrouted"] += 1
-        _, proposed = proposed_meals(row["input"])
-        kept = sum(kept_flags(proposed, row["target"]))
-        figures = arms[arm]
-        figures["meals"] += len(proposed)
-        figures["kept"] += kept
-        figures["plans"] += 1
-        figures["edits"] += int(row["n_user_edits"] or 0)
-        counts = per_household.setdefault((arm, row["household_id"]), [0, 0])
-        counts[0] += len(proposed)
-        counts[1] += kept
+        # batch by batch: the period is up to max_days of all traffic, not only the canary's
+        for row in (row for table in iter_tables(staging / names.DATASET_TRAINING_FILE, columns=ROW_COLUMNS)
+                    for row in table.to_pylist()):
+            generated_at = row["generated_at"]
+            if generated_at.tzinfo is None:
+                generated_at = generated_at.replace(tzinfo=UTC)
+            if generated_at < started:
+                other["generated_before_start"] += 1
+                continue
+            arm = arm_of.get(row["policy_version_id"])
+            if arm is None:
+                key = str(row["policy_version_id"])
+                other["policy_version_ids"][key] = other["policy_version_ids"].get(key, 0) + 1
+                continue
+            if (arm == "canary") != in_canary(row["household_id"], canary["experiment_id"], canary["share"]):
+                other["misrouted"] += 1
+            _, proposed = proposed_meals(row["input"])
+            kept = sum(kept_flags(proposed, row["target"]))
+            figures = arms[arm]
+            figures["meals"] += len(proposed)
+            figures["kept"] += kept
+            figures["plans"] += 1
+            figures["edits"] += int(row["n_user_edits"] or 0)
+            counts = per_household.setdefault((arm, row["household_id"]), [0, 0])
+            counts[0] += len(proposed)
+            counts[1] += kept
     for (arm, _), (meals, kept) in per_household.items():
         figures = arms[arm]
         figures["households"] += 1
@@ -315,6 +314,18 @@ def write_plot(canary: dict, looks: list[dict], directory: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def promotion_needs_approval(dsn: str, canary: dict, requested: bool | None) -> bool:
+    """Whether a promoting look waits for a person: as asked (the DAG's Param), else as the canary's start
+    did. A canary whose start a person approved has its champion move approved too, so that under the
+    default `rollout: canary` an approver who approved a canary never finds a champion moved without them."""
+    if requested is not None:
+        return bool(requested)
+    with history.connect(dsn) as conn:
+        row = conn.execute("SELECT approver FROM ml.promotion_decisions WHERE decision_id = %s",
+                           (canary["start_decision_id"],)).fetchone()
+    return bool(row and row[0])
 
 
 def _close_run(run_id: str | None, outcome: str, reason: str) -> None:

@@ -218,6 +218,20 @@ def _refusal(plan: dict, current: str | None, pending: bool) -> str:
             f"nothing was changed; re-evaluate and promote again")
 
 
+def _closed_canary(conn, plan: dict) -> str | None:
+    """Why a canary's promotion must not happen: its canary was closed meanwhile (a direct promotion or a
+    rollback ended it while this decision waited, e.g. for approval), so its evidence no longer stands."""
+    if not plan.get("canary_id"):
+        return None
+    found = history.canary(conn, plan["canary_id"])
+    if found is not None and found["state"] == "running":
+        return None
+    state = found["state"] if found else "gone"
+    why = f" ({found['end_reason']})" if found and found.get("end_reason") else ""
+    return (f"canary {plan['canary_id']} of version {plan['model_version']} is {state}{why}: the evidence it "
+            f"gathered no longer stands, so nothing was changed; start a new canary to promote it")
+
+
 def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
     """Move the champion alias compare-and-set, record the deployment, tag the versions, publish to Redis.
 
@@ -239,8 +253,9 @@ def apply(dsn: str, plan: dict, approver: str | None, airflow: dict) -> dict:
             return {"outcome": earlier["outcome"], "reasons": earlier["reasons"],
                     "decision_id": earlier["decision_id"], "champion": current}
         moved_by_us = earlier is not None and current == version
-        if current != plan["expected_champion"] and not moved_by_us:
-            reason = _refusal(plan, current, pending=earlier is not None)
+        closed = _closed_canary(conn, plan) if not moved_by_us else None
+        if closed or (current != plan["expected_champion"] and not moved_by_us):
+            reason = closed or _refusal(plan, current, pending=earlier is not None)
             with conn.transaction():
                 if earlier:
                     history.abandon_decision(conn, earlier["decision_id"])
@@ -357,7 +372,23 @@ def _tag_and_publish(registry, dsn: str, plan: dict, decision_id: int, changed_a
     if plan["expected_champion"]:
         registry.set_model_version_tag(MODEL, plan["expected_champion"], "promotion_status",
                                        f"replaced by {version}")
+    _tag_abandoned_canaries(registry, dsn, decision_id)
     publish_to_redis(dsn)
+
+
+def _tag_abandoned_canaries(registry, dsn: str, decision_id: int) -> None:
+    """A canary this champion change ended as abandoned says so in the registry and its MLflow run
+    ends, as a rolled-back one does (the record alone changed in the completion's transaction)."""
+    from include.promotion.online import _close_run
+
+    with history.connect(dsn) as conn:
+        ended = [c for c in history.canaries(conn, MODEL)
+                 if c["end_decision_id"] == decision_id and c["state"] == "abandoned"]
+    for canary in ended:
+        registry.set_model_version_tag(MODEL, canary["canary_version"], "promotion_status", "canary abandoned")
+        registry.set_model_version_tag(MODEL, canary["canary_version"], "canary_end_reason",
+                                       (canary["end_reason"] or "")[:4900])
+        _close_run(canary["mlflow_run_id"], "abandoned", canary["end_reason"] or "")
 
 
 def record_outcome(dsn: str, plan: dict, outcome: str, reasons: list[str], approver: str | None,

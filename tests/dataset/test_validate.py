@@ -64,6 +64,28 @@ def test_a_broken_row_fails_validation_naming_the_expectation(built, column, cor
     assert any(f.startswith(expectation) and column in f for f in validation.failures), validation.failures
 
 
+def test_results_are_paired_with_their_expectations_whatever_the_suite_order(built, monkeypatch):
+    # GX validates grouped by column: a suite out of column order must still name the check that failed
+    from include.dataset import validate
+
+    definition = validate.load_suite_definition()
+    expectations = list(definition["expectations"])
+    columns = [e.get("kwargs", {}).get("column") for e in expectations]
+    split = next(i for i, c in enumerate(columns) if c and columns.count(c) > 1)  # a column with several checks
+    expectations.append(expectations.pop(split))  # ... one of them now last, apart from the others
+    shuffled = {**definition, "expectations": expectations}
+    monkeypatch.setattr(validate, "load_suite_definition", lambda: shuffled)
+    column = columns[split]
+    values = pq.read_table(built.path / names.DATASET_TRAINING_FILE, columns=["household_size"])["household_size"]
+    _rewrite(built.path, "household_size", [0] + values.to_pylist()[1:])
+
+    validation = validate_version(built.path, WINDOW, built.counts)
+
+    assert not validation.success and column != "household_size"
+    assert validation.failures and all(f.startswith("expect_column_values_to_be_between") and "household_size" in f
+                                       for f in validation.failures), validation.failures
+
+
 def test_bad_share_over_the_limit_fails_with_the_counts():
     counts = {"bad_share": 0.25, "max_bad_share": 0.05, "quarantined": 2, "rows": 6,
               "quarantined_by_reason": {"invalid_plan_id": 2, "invalid_meals": 0}}

@@ -239,6 +239,49 @@ def test_the_compare_and_set_refuses_when_the_champion_moved_during_the_canary(f
         assert history.canary(conn, canary["canary_id"])["state"] == "abandoned"
 
 
+def test_a_canary_closed_while_its_promotion_waited_is_not_promoted(fresh):
+    from include.promotion import history
+    from include.promotion.online import conclude, take_look
+
+    client, dsn = fresh["client"], fresh["dsn"]
+    canary = start_canary(dsn, "2", "1", fresh["name"])
+    fresh["events"].serve(canary, keep={"champion": 0.45, "canary": 0.75}, seed=3)
+    airflow = {"dag_id": "planner_online_eval", "run_id": fresh["name"]}
+    plan = take_look(dsn, canary, LOOK_END, airflow, track=False)
+    assert plan["action"] == "promote", plan["reason"]
+    # while the promotion waited (for approval, say), a direct promotion and a rollback closed the canary and
+    # left version 1 the champion again: the compare-and-set alone would let version 2 through
+    with history.connect(dsn) as conn, conn.transaction():
+        history.end_canary(conn, canary["canary_id"], "abandoned", "the champion changed during the canary", None)
+
+    result = conclude(dsn, plan, None, airflow)
+
+    assert result["outcome"] == "refused" and "is abandoned" in result["reasons"][0]
+    assert champion(client) == "1"
+    assert records(dsn)["deployment"]["version"] == "1"
+
+
+def test_a_direct_promotion_during_a_canary_ends_it_in_the_registry_and_mlflow_too(fresh):
+    from include.promotion import history
+    from include.promotion.online import take_look
+
+    client, dsn = fresh["client"], fresh["dsn"]
+    canary = start_canary(dsn, "2", "1", fresh["name"])
+    fresh["events"].serve(canary, keep={"champion": 0.45, "canary": 0.45}, seed=4)
+    airflow = {"dag_id": "planner_online_eval", "run_id": fresh["name"]}
+    look = take_look(dsn, canary, START.replace(hour=0) + timedelta(days=4), airflow)  # tracked: an MLflow run
+    assert look["action"] == "continue" and look["mlflow_run_id"]
+
+    promote_directly(dsn, "3", "1", f"{fresh['name']}-direct")  # a person promotes another version meanwhile
+
+    with history.connect(dsn) as conn:
+        assert history.canary(conn, canary["canary_id"])["state"] == "abandoned"
+    tags = client.get_model_version(MODEL, "2").tags
+    assert tags["promotion_status"] == "canary abandoned" and "champion changed to version 3" in tags["canary_end_reason"]
+    run = client.get_run(look["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "abandoned"
+
+
 @pytest.mark.parametrize(("run_type", "param", "env", "expected"), [
     ("asset_triggered", "auto", None, "canary"),     # a scheduled promotion follows the policy
     ("asset_triggered", "auto", "direct", "direct"),  # ... and its override
