@@ -118,17 +118,25 @@ def score_all(dsn: str, evaluation_plan: dict, replay: dict, max_rows: int | Non
     )
 
     roles = {"candidate": evaluation_plan["candidate"], "champion": evaluation_plan["champion"]}
-    models = {role: load_model(ModelRef(ref["version"], ref["uri"], {}, ())) for role, ref in roles.items() if ref}
     rows = load_replay_rows(replay["uri"], max_rows)
     found = examples(rows)
     scores, serving = {}, {}
-    for role, model in models.items():
-        probabilities, throughput = score_model(model, rows, batch_size)
-        if len(probabilities) != len(found["label"]):
-            raise EvaluationError(f"{role} returned {len(probabilities)} scores for {len(found['label'])} meals")
-        scores[role] = probabilities
-        latency = metrics.percentiles_ms(single_plan_latencies(model, rows))
-        serving[role] = {f"latency_{k}": v for k, v in latency.items()} | {"throughput_examples_per_s": throughput}
+    # the models' downloads go to a scratch directory removed after scoring: a worker's disk does not
+    # fill up with a copy of every version it ever evaluated
+    with tempfile.TemporaryDirectory(prefix="planner-eval-models-") as scratch:
+        models = {}
+        for role, ref in roles.items():
+            if ref:
+                (Path(scratch) / role).mkdir()  # MLflow downloads into an existing directory
+                models[role] = load_model(ModelRef(ref["version"], ref["uri"], {}, ()), dst_path=str(Path(scratch) / role))
+        for role, model in models.items():
+            probabilities, throughput = score_model(model, rows, batch_size)
+            if len(probabilities) != len(found["label"]):
+                raise EvaluationError(f"{role} returned {len(probabilities)} scores for {len(found['label'])} meals")
+            scores[role] = probabilities
+            latency = metrics.percentiles_ms(single_plan_latencies(model, rows))
+            serving[role] = {f"latency_{k}": v for k, v in latency.items()} | {"throughput_examples_per_s": throughput}
+        del models
     candidate_training = _training(evaluation_plan["trainings"][0])
     scores["keep_rate"] = keep_rate_scores(candidate_training.dataset_uri, candidate_training.cutoff,
                                            found["recipe_id"])

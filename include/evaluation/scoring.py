@@ -51,14 +51,16 @@ def resolve_version(client, reference: str | int | None) -> ModelRef | None:
                     tags=dict(version.tags), aliases=tuple(version.aliases or ()))
 
 
-def load_model(ref: ModelRef):
+def load_model(ref: ModelRef, dst_path: str | None = None):
+    """The version's pyfunc model; `dst_path`: where its artifacts are downloaded (the caller's scratch,
+    removed after scoring; by default MLflow keeps them in a temporary directory of its own for good)."""
     import mlflow.pyfunc
 
     from include.core.tracking import configure_mlflow
 
     configure_mlflow()  # a task is a fresh process: models:/ URIs resolve against the configured registry
     try:
-        return mlflow.pyfunc.load_model(ref.uri)
+        return mlflow.pyfunc.load_model(ref.uri, dst_path=dst_path)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the same outcome for the user
         raise EvaluationError(f"version {ref.version} ({ref.uri}) will not load: {type(exc).__name__}: {exc}") from exc
 
