@@ -283,26 +283,33 @@ def simulate_household(index: int, seed: int, start: datetime, weeks: int, recip
     out.constraints(born, state)
     rollout = rng.random()
     for week in range(weeks):
-        week_start = start + timedelta(days=7 * week)
-        plans = rng.random() < 0.85
-        plan_time = week_start + timedelta(seconds=rng.uniform(3600, 6.5 * 86400))
-        # State changes land at random times in the week, some just before the plan and some
-        # just after it. Only those before the plan time shape the keep truth, exactly what a
-        # correct as-of join gives the dataset; a leaky join would see the later ones.
-        changes = []
-        if rng.random() < 0.35:
-            changes.append((week_start + timedelta(seconds=rng.uniform(0, 7 * 86400)), "pantry"))
-        if rng.random() < 0.1:
-            changes.append((week_start + timedelta(seconds=rng.uniform(0, 7 * 86400)), "constraints"))
-        if rng.random() < 0.05:
-            changes.append((week_start + timedelta(seconds=rng.uniform(0, 7 * 86400)), "household"))
-        changes.sort(key=lambda change: change[0])
+        plans, plan_time, changes = draw_week(rng, start + timedelta(days=7 * week))
         for at, kind in [c for c in changes if c[0] <= plan_time]:
             _apply_change(rng, out, state, kind, at)
         if plans:
             _simulate_plan(rng, out, week, weeks, plan_time, state, recipes, rollout, dirty_share)
         for at, kind in [c for c in changes if c[0] > plan_time]:
             _apply_change(rng, out, state, kind, at)
+
+
+def draw_week(rng: random.Random, week_start: datetime) -> tuple[bool, datetime, list[tuple[datetime, str]]]:
+    """A household's week: (whether it plans, the plan time, its state changes in time order).
+
+    State changes land at random times in the week, some just before the plan and some just
+    after it. Only those before the plan time shape the keep truth, exactly what a correct
+    as-of join gives the dataset; a leaky join would see the later ones.
+    """
+    plans = rng.random() < 0.85
+    plan_time = week_start + timedelta(seconds=rng.uniform(3600, 6.5 * 86400))
+    changes = []
+    if rng.random() < 0.35:
+        changes.append((week_start + timedelta(seconds=rng.uniform(0, 7 * 86400)), "pantry"))
+    if rng.random() < 0.1:
+        changes.append((week_start + timedelta(seconds=rng.uniform(0, 7 * 86400)), "constraints"))
+    if rng.random() < 0.05:
+        changes.append((week_start + timedelta(seconds=rng.uniform(0, 7 * 86400)), "household"))
+    changes.sort(key=lambda change: change[0])
+    return plans, plan_time, changes
 
 
 def _apply_change(rng: random.Random, out: _Emitter, state: HouseholdState, kind: str, at: datetime) -> None:
@@ -338,6 +345,16 @@ def _simulate_plan(rng: random.Random, out: _Emitter, week: int, weeks: int, pla
                       {"day": DAYS[d], "recipe_id": r.recipe_id, "servings": state.size} for d, r in zip(days, first)]}},
                   unit_id=unit_id)
     proposed = _propose(rng, recipes, state, policy, len(days))
+    emit_plan(rng, out, plan_time, state, recipes, context, plan_id, days, proposed, workflow_type, mode, dirty, unit_id)
+
+
+def emit_plan(rng: random.Random, out: _Emitter, plan_time: datetime, state: HouseholdState,
+              recipes: tuple[Recipe, ...], context: str, plan_id: str, days: list[int], proposed: list[Recipe],
+              workflow_type: str, mode: str, dirty: str | None = None, unit_id: str | None = None) -> list[float]:
+    """A proposed plan's rows from its generation on: the `plan_generated` event, the keep truth of
+    each proposed meal (`sim.keep_truth`), views, and (most of the time) the acceptance with the
+    meals the household keeps by the truth model, swaps, removes or re-serves (`app.plan_edits`).
+    `context` comes encoded (all of the plan's events carry it). Returns the true keep probabilities."""
     proposed_meals = [{"day": DAYS[d], "recipe_id": r.recipe_id, "servings": state.size} for d, r in zip(days, proposed)]
     if dirty != "acceptance_without_generation":
         out.event(_uuid(rng), "plan_generated", plan_time, context, {"plan_id": plan_id, "plan": {"meals": proposed_meals}},
@@ -351,7 +368,7 @@ def _simulate_plan(rng: random.Random, out: _Emitter, week: int, weeks: int, pla
         out.event(_uuid(rng), "plan_shared", plan_time + timedelta(minutes=rng.uniform(1, 60)), context, {"plan_id": plan_id})
 
     if rng.random() < 0.08:  # never accepted
-        return
+        return p_keeps
     accepted_at = plan_time + timedelta(minutes=min(2880.0, rng.expovariate(1 / 180.0) + 1.0))
     accepted_meals, edits = [], []
     for meal, recipe, p_keep in zip(proposed_meals, proposed, p_keeps):
@@ -391,6 +408,7 @@ def _simulate_plan(rng: random.Random, out: _Emitter, week: int, weeks: int, pla
     elif dirty == "duplicate_acceptance":
         out.event(_uuid(rng), "plan_accepted", accepted_at + timedelta(minutes=rng.uniform(1, 600)), context, payload,
                   unit_id=unit_id)
+    return p_keeps
 
 
 TABLE_COLUMNS = {

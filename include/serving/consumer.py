@@ -125,3 +125,44 @@ class Ranker:
                    "policy_version_id": arm.policy_version_id, "arm": arm.name,
                    "experiment_id": arm.experiment_id}
         return Served(arm, meals, context)
+
+    def rank_many(self, deployment: dict, requests: list[dict], batch_plans: int = 512) -> list[Served]:
+        """`rank` for many plans at once (a simulated week, a batch job): each request is
+        `{household_id, plan_input, candidates, plan_id?}`. Each household is routed as `rank` routes it;
+        then each arm's model scores its plans `batch_plans` at a time (one `predict` per batch, which the
+        registered model batches further by length). Returns one `Served` per request, in request order."""
+        import pandas as pd
+
+        if batch_plans < 1:
+            raise ValueError(f"batch_plans must be >= 1, got {batch_plans}")
+        arms = [route(deployment, request["household_id"]) for request in requests]
+        by_uri: dict[str, list[int]] = {}
+        for position, arm in enumerate(arms):
+            by_uri.setdefault(arm.model_uri, []).append(position)
+        served: list[Served | None] = [None] * len(requests)
+        for uri, positions in by_uri.items():
+            model = self.model(uri)
+            for start in range(0, len(positions), batch_plans):
+                chunk = positions[start:start + batch_plans]
+                plan_ids = [str(requests[i].get("plan_id") or uuid.uuid4()) for i in chunk]
+                inputs = [json.dumps({**requests[i]["plan_input"], "proposed_plan": {"meals": list(requests[i]["candidates"])}})
+                          for i in chunk]
+                scores = model.predict(pd.DataFrame({"plan_id": plan_ids, "input": inputs}))
+                probabilities = [float(p) for p in scores["keep_probability"]]  # row order, then meal order
+                expected = sum(len(requests[i]["candidates"]) for i in chunk)
+                if len(probabilities) != expected:
+                    raise ValueError(f"the model of {uri} returned {len(probabilities)} scores for {expected} candidates")
+                offset = 0
+                for i in chunk:
+                    request, arm = requests[i], arms[i]
+                    candidates = list(request["candidates"])
+                    meals = [{**meal, "keep_probability": p}
+                             for meal, p in zip(candidates, probabilities[offset:offset + len(candidates)])]
+                    offset += len(candidates)
+                    meals.sort(key=lambda meal: -meal["keep_probability"])
+                    plan_input = request["plan_input"]
+                    context = {"workflow_type": plan_input.get("workflow_type"), "mode": plan_input.get("mode"),
+                               "policy_version_id": arm.policy_version_id, "arm": arm.name,
+                               "experiment_id": arm.experiment_id}
+                    served[i] = Served(arm, meals, context)
+        return served
