@@ -485,15 +485,25 @@ def print_locations(where: dict) -> None:
     print(f"    registered version's artifacts (MLflow server, in the bucket): {where['registered_artifacts']}")
 
 
-def local_leftovers(topology: Topology) -> list[str]:
-    """Files of the lifecycle left on the workers' disks (scratch and task logs must be gone)."""
-    left = []
-    for n in range(1, WORKERS + 1):
-        root = topology.worker_dir(n)
-        for sub in ("tmp", "airflow/logs"):
-            left += [str(p) for p in (root / sub).rglob("*") if p.is_file()]
-        left += [str(p) for p in root.rglob("*") if p.is_file() and p.suffix in (".parquet", ".safetensors")]
-    return sorted(set(left))
+def local_leftovers(topology: Topology, upload_wait_s: float = 30.0) -> list[str]:
+    """Files of the lifecycle left on the workers' disks (scratch and task logs must be gone).
+
+    A worker uploads a task's log to the bucket, then removes it, after the task ended: the last
+    task's log can still be on its way when the run is seen finished, so task logs alone are given
+    `upload_wait_s` to go."""
+    deadline = time.monotonic() + upload_wait_s
+    while True:
+        left = []
+        for n in range(1, WORKERS + 1):
+            root = topology.worker_dir(n)
+            for sub in ("tmp", "airflow/logs"):
+                left += [str(p) for p in (root / sub).rglob("*") if p.is_file()]
+            left += [str(p) for p in root.rglob("*") if p.is_file() and p.suffix in (".parquet", ".safetensors")]
+        left = sorted(set(left))
+        uploading = left and all("/airflow/logs/" in p and p.endswith(".log") for p in left)
+        if not uploading or time.monotonic() > deadline:
+            return left
+        time.sleep(1)
 
 
 # --- the command ------------------------------------------------------------------------------
