@@ -86,6 +86,14 @@ def test_one_rest_trigger_runs_the_asset_chain_to_promotion(chain_stack):
         [str(version.version)]
     print(json.dumps({"outcome": decision["outcome"], "reasons": decision["reasons"]}))
 
+    # The task instances link to what they recorded, as the UI asks the api-server for them (the plugin's links)
+    links = services.request("GET", f"/api/v2/dags/{names.DAG_REGISTRATION}/dagRuns/{runs[names.DAG_REGISTRATION]}"
+                                    "/taskInstances/register_model/links")["extra_links"]
+    assert links["MLflow model version"].endswith(f"/#/models/{names.REGISTERED_MODEL_NAME}/versions/{version.version}")
+    links = services.request("GET", f"/api/v2/dags/{names.DAG_OFFLINE_EVAL}/dagRuns/{runs[names.DAG_OFFLINE_EVAL]}"
+                                    "/taskInstances/evaluate/links")["extra_links"]
+    assert links["MLflow run"].endswith(f"/#/runs/{tags['evaluation_run_id']}")
+
     # The user's fix-and-rerun: clear only register_model of that registration run, through REST.
     [registration] = services.request("GET", f"/api/v2/dags/{names.DAG_REGISTRATION}/dagRuns")["dag_runs"]
     before = services.task_instances(names.DAG_REGISTRATION, registration["dag_run_id"])
