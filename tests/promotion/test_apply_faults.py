@@ -9,7 +9,7 @@ import pytest
 
 from include.core import names
 from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
-from tests.promotion.records import champion, records
+from tests.promotion.records import champion, records, redis_answers
 from tests.promotion.records import redis_champion as read_redis_champion
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -20,15 +20,6 @@ PROMOTION_TAGS = ("promotion_status", "promotion_decision_id", "promoted_at")
 
 class Crash(RuntimeError):
     """The injected fault."""
-
-
-def _redis_answers() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
 
 
 def _evaluate(dsn: str, version: str) -> None:
@@ -48,7 +39,7 @@ def world(trained_model, training_events_dsn, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("apply_faults")
     retrain = copy_as_new_training_run(trained_model, root / "models" / "planner_acceptance-v20261123_050607")
-    has_redis = _redis_answers()
+    has_redis = redis_answers(REDIS_URL)
     with isolated_planner(root, training_events_dsn, **FAST_MODEL_GATE) as (_, patch):
         if has_redis:
             patch.setenv("REDIS_URL", REDIS_URL)

@@ -22,7 +22,7 @@ from tests.promotion.canary_world import (
     start_canary,
     truncate_source,
 )
-from tests.promotion.records import champion, records
+from tests.promotion.records import champion, records, redis_answers
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL = names.REGISTERED_MODEL_NAME
@@ -33,21 +33,12 @@ CANARY_ENV = {"PLANNER_CANARY_SHARE": "0.5", "PLANNER_CANARY_MIN_EXPOSURE": "200
 LOOK_END = START.replace(hour=0) + timedelta(days=15)  # day 14 of a canary started at START
 
 
-def _redis_answers() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def world(events_dsn, tmp_path_factory):
     import mlflow
 
     root = tmp_path_factory.mktemp("online_eval")
-    has_redis = _redis_answers()
+    has_redis = redis_answers(REDIS_URL)
     with isolated_planner(root, events_dsn, **CANARY_ENV) as (_, patch):
         if has_redis:
             patch.setenv("REDIS_URL", REDIS_URL)

@@ -12,21 +12,12 @@ import pytest
 
 from include.core import names
 from tests.conftest import FAST_MODEL_GATE, copy_as_new_training_run, isolated_planner
-from tests.promotion.records import champion, records
+from tests.promotion.records import champion, records, redis_answers
 from tests.promotion.records import redis_champion as read_redis_champion
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/13"
 MODEL = names.REGISTERED_MODEL_NAME
-
-
-def _redis_answers() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,7 @@ def world(trained_model, shuffled_label_model, training_events_dsn, tmp_path_fac
 
     root = tmp_path_factory.mktemp("promotion")
     retrain = copy_as_new_training_run(trained_model, root / "models" / "planner_acceptance-v20261123_030405")
-    has_redis = _redis_answers()
+    has_redis = redis_answers(REDIS_URL)
     with isolated_planner(root, training_events_dsn, **FAST_MODEL_GATE) as (_, patch):
         if has_redis:
             patch.setenv("REDIS_URL", REDIS_URL)

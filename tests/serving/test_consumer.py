@@ -11,6 +11,7 @@ from include.serving.assignment import in_canary
 from include.serving.consumer import Ranker, read_deployment, route
 from tests.conftest import isolated_planner
 from tests.promotion.canary_world import promote_directly, register_versions, reset, start_canary
+from tests.promotion.records import redis_answers
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 DEAD_REDIS_URL = "redis://127.0.0.1:1/11"
@@ -20,15 +21,6 @@ PLAN_INPUT = {"household": {"id": "h", "size": 2, "preferences": ["quick"], "res
 CANDIDATES = [{"day": "monday", "recipe_id": f"recipe-{i}", "servings": 2} for i in range(6)]
 
 
-def _redis_answers() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def deployed(events_dsn, tmp_path_factory):
     """Champion 1 and a canary of version 2 at share 0.5, as promotion records and publishes them."""
@@ -36,7 +28,7 @@ def deployed(events_dsn, tmp_path_factory):
     import redis
 
     root = tmp_path_factory.mktemp("consumer")
-    has_redis = _redis_answers()
+    has_redis = redis_answers(REDIS_URL)
     with isolated_planner(root, events_dsn, PLANNER_CANARY_SHARE="0.5") as (_, patch):
         if has_redis:
             patch.setenv("REDIS_URL", REDIS_URL)
