@@ -6,7 +6,7 @@ processes against one, and the start-up of a resumed training against a cold one
 1. Trainer overhead: both start from the same initial weights and see the same shuffled batches;
    the bare loop does forward, backward and step only (no scheduler, clipping, loss bookkeeping,
    Accelerate). The ratio is the trainer's overhead (goal <= 1.2x). Tokenization is timed on its own.
-2. DDP: `planner-train` under torchrun with 2 processes (gloo) and with 1 on the same examples
+2. DDP: `planner-train` under the pod's launcher (planner-train-ddp: torch's elastic launcher) with 2 processes (gloo) and with 1 on the same examples
    (examples/s of each). On 2 CPU cores this shows the cost of the collective, not a speed-up.
 3. Resume: seconds from a process start to its first optimizer step, cold and resumed from a
    checkpoint (the attempt is killed after its first checkpoint, then started again).
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(tempfile.mkdtemp(prefix="bench-ddp-")) / "models" / "planner_acceptance"
     script = [sys.executable, "-m", "include.training.cli"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "include.training.cli"]
+    torchrun = [sys.executable, "-m", "include.training.launch", "--nproc-per-node=2", "--"]  # the pod's launcher
     run_trainer(script, trainer_argv(uri, out, "planner_acceptance-v20261123_000001", args.ddp_rows))
     run_trainer(torchrun, trainer_argv(uri, out, "planner_acceptance-v20261123_000002", args.ddp_rows))
     one, two = (examples_per_s(out, f"planner_acceptance-v20261123_00000{i}") for i in (1, 2))

@@ -8,7 +8,7 @@ on every backend:
 | backend | how |
 |---|---|
 | `kubernetes` | `KubernetesPodOperator`: the training image on a GPU node pool (`nvidia.com/gpu` limit, node selector, toleration), MLflow/S3 settings from a Kubernetes Secret, pool `gpu_training` bounding concurrent GPU jobs, reattaches after a scheduler restart, deletes succeeded pods and keeps failed ones |
-| `databricks` | `DatabricksSubmitRunOperator`: a `python_wheel_task` on a GPU job cluster; its idempotency token is the training run id and the try number, so a retry after a failed run submits a new one |
+| `databricks` | `DatabricksSubmitRunOperator`: a `python_wheel_task` (`planner-train-ddp`: one process per GPU of the node) on a GPU job cluster; its idempotency token is the training run id and the try number, so a retry after a failed run submits a new one |
 | `local` | the console script as a subprocess (the embedded default and CI) |
 
 A remote backend (`kubernetes`, `databricks`) is refused in `resolve_inputs`, with every
@@ -29,8 +29,11 @@ The trainer checkpoints after every epoch (and every `checkpoint_steps`) under
 `<storage root>/checkpoints/<training run id>/`: a retry after a preempted pod, a cleared task
 or a Databricks repair resumes from the newest complete checkpoint in the same MLflow run. The
 published weights are the best validation AUC's epoch (`early_stopping_patience` stops early).
-With `gpu_count` > 1 the pod runs `torchrun` with one process per GPU (DDP, bf16 where the GPU
-has it).
+With `gpu_count` > 1 the pod runs `planner-train-ddp` (torch's elastic launcher, keeping
+planner-train's exit codes) with one process per GPU (DDP, bf16 where the GPU has it); the
+Databricks task runs it too, on every GPU of its node. A second trainer of the same training run
+id (a retry while a lost node's pod still runs) finds the first one's lease in the checkpoints
+and exits 3 (busy, retried) instead of pruning its checkpoints.
 Training uses the dataset's rows accepted before `end_date - holdout_days`; the later days
 stay unseen for offline replay. `publish_model_artifacts` checks the model directory is
 complete and emits the `planner.model_artifacts` Asset. Registration is not done here: the
@@ -165,6 +168,9 @@ def planner_training():
         result = subprocess.run([sys.executable, "-m", "include.training.cli", *inputs["argv"]], cwd=PROJECT_ROOT)
         if result.returncode == 2:
             raise AirflowFailException("planner-train rejected its input (see the log above); not retrying")
+        if result.returncode == 3:  # another live trainer holds the run's checkpoint lease: retried
+            raise RuntimeError("planner-train is busy: another trainer of this training run id is still running "
+                               "(see the log above); the retry trains, or finds its model published")
         if result.returncode:
             raise RuntimeError(f"planner-train exited with {result.returncode}")
 

@@ -120,12 +120,17 @@ def stale_dataset_reason(chosen: str, newest_complete: str | None) -> str | None
     return None
 
 
+TRAINER_ENTRY_POINT = "planner-train"
+LAUNCHER_ENTRY_POINT = "planner-train-ddp"  # include/training/launch.py: torch's elastic launcher, exit codes kept
+
+
 def pod_command(gpu_count: int) -> list[str]:
-    """The pod's entry point: planner-train itself on one GPU (or none), torchrun with one process per GPU
-    on several (DDP; rank 0 logs and publishes)."""
+    """The pod's entry point: planner-train itself on one GPU (or none); on several, planner-train-ddp
+    with one process per GPU (DDP; rank 0 logs and publishes). Not torchrun itself: it turns a worker's
+    exit 2 (bad input, not retried) or 3 (busy, retried) into 1; the launcher keeps them."""
     if gpu_count > 1:
-        return ["torchrun", "--standalone", f"--nproc_per_node={gpu_count}", "--no-python", "planner-train"]
-    return ["planner-train"]
+        return [LAUNCHER_ENTRY_POINT, f"--nproc-per-node={gpu_count}", "--"]
+    return [TRAINER_ENTRY_POINT]
 
 
 SHM_VOLUME = "dshm"
@@ -187,7 +192,9 @@ def databricks_idempotency_token(run_id: str) -> str:
 
 
 def databricks_run_json(settings: TrainingSettings, options, run_id: str) -> dict:
-    """runs/submit payload: the same wheel and entry point on a GPU job cluster.
+    """runs/submit payload: the same wheel on a GPU job cluster, through planner-train-ddp, which
+    starts one training process per GPU of the node (planner-train in-process on a one-GPU node)
+    and keeps planner-train's exit codes; named_parameters are planner-train's options.
 
     `options` may be a value or an XCom reference, `run_id` a value or a Jinja template; both are
     resolved when the operator renders its templates, per try.
@@ -197,7 +204,7 @@ def databricks_run_json(settings: TrainingSettings, options, run_id: str) -> dic
         "idempotency_token": databricks_idempotency_token(run_id),
         "tasks": [{
             "task_key": "planner_train",
-            "python_wheel_task": {"package_name": "planner_trainer", "entry_point": "planner-train",
+            "python_wheel_task": {"package_name": "planner_trainer", "entry_point": LAUNCHER_ENTRY_POINT,
                                   "named_parameters": options},
             "new_cluster": settings.databricks_cluster,
             "libraries": [{"whl": settings.trainer_wheel}],

@@ -5,6 +5,9 @@ run's prefix holds:
 
 - `run.json`: the MLflow run the training logs into, written as soon as the run starts, so a
   restarted attempt continues that run instead of leaving it RUNNING and opening another.
+- `lease.json`: the owner lease of the trainer writing here now (`Lease`), so a second trainer
+  of the same run id (a retry started while a lost node's pod still runs) refuses instead of
+  pruning the first one's checkpoints.
 - `step-<optimizer steps, 9 digits>/`: one checkpoint each (Accelerate's state: weights,
   optimizer, scheduler, every process's RNG state; `progress.json`: epoch, position, metric
   history, best epoch), with `_COMPLETE` written last. A checkpoint without it (the pod died
@@ -19,6 +22,11 @@ import json
 import logging
 import os
 import re
+import socket
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from include.core import storage
@@ -28,6 +36,9 @@ log = logging.getLogger("planner.train")
 COMPLETE_MARKER = "_COMPLETE"
 RUN_FILE = "run.json"
 PROGRESS_FILE = "progress.json"
+LEASE_FILE = "lease.json"
+LEASE_EXPIRY_ENV = "PLANNER_TRAINING_LEASE_EXPIRY_S"
+DEFAULT_LEASE_EXPIRY_S = 180.0  # below the DAG's 5 min retry delay: the retry after a dead pod takes over
 CHECKPOINT_NAME = re.compile(r"^step-\d{9}$")
 
 
@@ -119,3 +130,163 @@ class CheckpointStore:
         if self.fs.isdir(self.path):
             self.fs.rm(self.path, recursive=True)
             log.info("checkpoints removed: %s", self.uri)
+
+    def lease(self, expiry_s: float | None = None) -> Lease:
+        return Lease(self, expiry_s)
+
+
+class LeaseHeld(RuntimeError):
+    """Another live trainer owns this run's checkpoint prefix. planner-train exits 3 (busy, not bad
+    input: the DAG retries it; by then the other one has published, and the retry finds the model
+    complete, or it has died and its lease has expired)."""
+
+
+class LeaseLost(LeaseHeld):
+    """Another trainer took this trainer's lease over (it was thought dead): stop before writing."""
+
+
+def lease_expiry_s() -> float:
+    """How long a lease lives without a heartbeat (`PLANNER_TRAINING_LEASE_EXPIRY_S`, default 180 s)."""
+    return float(os.environ.get(LEASE_EXPIRY_ENV) or DEFAULT_LEASE_EXPIRY_S)
+
+
+class Lease:
+    """The owner lease of one training run's checkpoint prefix: `<prefix>/lease.json` holds the
+    owner's token, host and pid and a heartbeat time, written at the start, refreshed every
+    expiry/6 by a daemon thread and removed at the end.
+
+    A trainer finding another owner's lease refuses (`LeaseHeld`) while that lease is live: its
+    heartbeat is younger than the expiry and, when the owner ran on this host, its process still
+    exists (so a SIGKILLed local attempt is taken over at once, a lost pod after the expiry).
+    Before every checkpoint it writes, the owner checks that the lease still names it
+    (`check`), so a trainer taken over as dead stops before it prunes the new owner's checkpoints.
+
+    Limits, honestly: it is best effort. Object stores without conditional writes (and this code
+    uses none, so local and s3:// behave alike) let two trainers that look at the same moment both
+    write the lease; the read-back after writing and the check before each checkpoint make the
+    loser stop at its next checkpoint at the latest, not before it has trained. Liveness is judged
+    by wall-clock heartbeats, so hosts' clocks must agree to well within the expiry, and a trainer
+    that cannot reach the store for longer than the expiry may be taken over while it still runs
+    (it then stops at its next checkpoint).
+    """
+
+    def __init__(self, store: CheckpointStore, expiry_s: float | None = None, owner: dict | None = None):
+        self.fs, self.dir, self.path = store.fs, store.path, storage.join(store.path, LEASE_FILE)
+        self.uri, self.local = storage.join(store.uri, LEASE_FILE), storage.is_local(store.uri)
+        self.expiry_s = expiry_s or lease_expiry_s()
+        self.owner = owner or {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost: str | None = None
+
+    @property
+    def token(self) -> str:
+        return self.owner["token"]
+
+    def read(self) -> dict | None:
+        try:
+            return json.loads(self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # torn or foreign content: nobody's lease
+            return None
+
+    def write(self, heartbeat: float | None = None) -> None:
+        """Write the lease with a heartbeat (now): one PUT on object storage, a rename locally."""
+        now = time.time() if heartbeat is None else heartbeat
+        body = json.dumps({**self.owner, "heartbeat": now, "expiry_s": self.expiry_s,
+                           "heartbeat_at": datetime.fromtimestamp(now, UTC).isoformat()}, sort_keys=True)
+        if self.local:
+            os.makedirs(self.dir, exist_ok=True)
+            partial = f"{self.path}.{self.token[:8]}.partial"
+            with open(partial, "w") as out:
+                out.write(body + "\n")
+            os.replace(partial, self.path)
+        else:
+            self.fs.pipe_file(self.path, (body + "\n").encode())
+
+    def live_reason(self, record: dict) -> str | None:
+        """Why `record` (another owner's lease) is live, or None when it is expired or its process is gone."""
+        age = time.time() - float(record.get("heartbeat") or 0)
+        expiry = float(record.get("expiry_s") or self.expiry_s)
+        if age > expiry:
+            return None
+        if record.get("host") == self.owner["host"] and not _process_exists(record.get("pid")):
+            return None
+        return (f"host {record.get('host')}, pid {record.get('pid')}, last heartbeat {max(age, 0):.0f} s ago, "
+                f"expiring {expiry:.0f} s after its last heartbeat")
+
+    def acquire(self) -> None:
+        """Take the lease (a dead owner's is taken over) and start refreshing it; LeaseHeld when another
+        live owner holds it."""
+        record = self.read()
+        if record and record.get("token") != self.token:
+            reason = self.live_reason(record)
+            if reason:
+                raise LeaseHeld(f"another trainer holds the lease {self.uri} ({reason}): not starting a second "
+                                "trainer on the same checkpoints; retry later (once it has published, the retry "
+                                "finds the model complete; if it died, its lease expires)")
+            log.warning("taking over the lease %s of a trainer that is gone (host %s, pid %s, last heartbeat %s)",
+                        self.uri, record.get("host"), record.get("pid"), record.get("heartbeat_at"))
+        self.write()
+        confirmed = self.read()
+        if not confirmed or confirmed.get("token") != self.token:
+            raise LeaseHeld(f"another trainer wrote the lease {self.uri} at the same moment: leaving it the run")
+        self._thread = threading.Thread(target=self._beat, name="planner-train-lease", daemon=True)
+        self._thread.start()
+        log.info("lease %s taken (refreshed every %.0f s, expires %.0f s after the last refresh)", self.uri,
+                 self.expiry_s / 6, self.expiry_s)
+
+    def check(self) -> None:
+        """LeaseLost unless the lease still names this trainer (called before writing a checkpoint)."""
+        if self.lost is None:
+            record = self.read()
+            if not record or record.get("token") != self.token:
+                holder = f"host {record.get('host')}, pid {record.get('pid')}" if record else "nobody"
+                self.lost = f"the lease {self.uri} now names {holder}"
+        if self.lost:
+            raise LeaseLost(f"{self.lost}: another trainer took this run over (it thought this one dead); "
+                            "stopping without writing")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.expiry_s / 6):
+            try:
+                record = self.read()
+                if not record or record.get("token") != self.token:
+                    self.check()
+                self.write()
+            except LeaseLost:
+                log.error("%s", self.lost)
+                return
+            except Exception as exc:  # noqa: BLE001 - a store hiccup: the next beat tries again
+                log.warning("could not refresh the lease %s: %s", self.uri, exc)
+
+    def release(self) -> None:
+        """Stop refreshing and remove the lease if it is still this trainer's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            record = self.read()
+            if record and record.get("token") == self.token:
+                self.fs.rm(self.path)
+            if self.local and os.path.isdir(self.dir) and not os.listdir(self.dir):
+                os.rmdir(self.dir)  # nothing else was written: leave no empty prefix behind
+        except Exception as exc:  # noqa: BLE001 - it expires on its own
+            log.warning("could not release the lease %s: %s", self.uri, exc)
+
+
+def _process_exists(pid) -> bool:
+    """Whether process `pid` of this host still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True  # another user's process, or no pid recorded: assume it lives
+    try:
+        state = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal test is all there is
+    return state not in ("Z", "X")

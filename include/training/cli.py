@@ -4,7 +4,9 @@
         --training-run-id planner_acceptance-v20261123_000000 [--base-model tiny|/path/to/checkpoint] ...
 
 Exit codes: 0 trained (or the run's artifacts were already complete: nothing to do), 2 bad input
-(rejected before any training, with the reason), 1 anything else.
+(rejected before any training, with the reason: not worth a retry), 3 busy (another live trainer
+holds this run's checkpoint lease, see checkpoints.Lease: a retry later proceeds), 1 anything else.
+Under several processes, `planner-train-ddp` (include/training/launch.py) keeps 2 and 3.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ log = logging.getLogger("planner.train")
 TRUE_WORDS = ("true", "1", "yes")
 PROCESS_GROUP_TIMEOUT_S = 2 * 3600  # how long the other processes wait for rank 0 (a large checkpoint to S3)
 FALSE_WORDS = ("false", "0", "no")
+EXIT_BAD_INPUT, EXIT_BUSY = 2, 3
+SCRATCH_PREFIX = "planner-train-"  # <tmp>/planner-train-<training run id>/: the trainer's local scratch
 
 
 def boolean_word(value: str) -> bool:
@@ -260,6 +264,65 @@ def log_missing_epochs(run_id: str, history: list[dict]) -> None:
             log.info("epoch %d: %s", epoch, metrics)
 
 
+def training_fingerprint(args: argparse.Namespace, hyper: dict, revision: dict, train_examples: int) -> dict:
+    """What a checkpoint must match to be resumed: the settings, the dataset and the run id.
+
+    The precision is the one asked for (`auto`, `bf16`, `fp32`), not what it resolved to on this
+    machine, so a retry of an `auto` training on a GPU without bf16 (or on a CPU) resumes the
+    checkpoints a bf16 GPU wrote. That is safe: bf16 here is autocast only (Accelerate keeps the
+    weights fp32 and has no GradScaler for bf16; fp16, which has one, is not offered), so the weights
+    and the AdamW moments in a checkpoint are fp32 whichever precision wrote them. The device is left
+    out for the same reason.
+    """
+    fingerprint = {**hyper, "mixed_precision": args.mixed_precision, "training_run_id": args.training_run_id,
+                   "dataset_digest": revision["dataset_digest"], "dataset_revision": revision["dataset_revision"],
+                   "train_examples": train_examples}
+    fingerprint.pop("device")
+    return fingerprint
+
+
+def scratch_dir(training_run_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{training_run_id}"
+
+
+def clear_stale_scratch(training_run_id: str) -> list[Path]:
+    """Remove what an earlier attempt of this run id killed on this machine (SIGKILL, OOM: no `finally`
+    ran) left in the temp dir: its scratch `<tmp>/planner-train-<run id>/` (checkpoints being written or
+    read back) and the local staging copies of the model it was uploading to object storage
+    (`<tmp>/<run id>-<12 hex>-<8 chars>/`, storage.new_staging_dir's names). Only those names: nothing
+    else is touched. Called with the lease held, so no live trainer of this run id uses them."""
+    temp = Path(tempfile.gettempdir())
+    staging = re.compile(rf"^{re.escape(training_run_id)}-[0-9a-f]{{12}}-[a-z0-9_]{{8}}$")
+    stale = [path for path in [scratch_dir(training_run_id), *temp.glob(f"{training_run_id}-*")]
+             if path.is_dir() and not path.is_symlink()
+             and (path == scratch_dir(training_run_id) or staging.match(path.name))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        log.warning("removed %s, left by an earlier attempt of %s that was killed", path, training_run_id)
+    return stale
+
+
+def take_lease(accelerator, store):
+    """The main process takes the lease of the run's checkpoint prefix (checkpoints.Lease); every
+    process raises LeaseHeld alike when another live trainer holds it. The lease, on the main process."""
+    from include.training.checkpoints import LeaseHeld
+
+    lease, refusal = None, [None]
+    if accelerator.is_main_process:
+        lease = store.lease()
+        try:
+            lease.acquire()
+        except LeaseHeld as exc:
+            refusal = [str(exc)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list(refusal)
+    if refusal[0]:
+        raise LeaseHeld(refusal[0])
+    return lease
+
+
 def train(args: argparse.Namespace) -> dict | None:
     """Train (or resume) and publish; the result on the main process, None on the others."""
     import mlflow
@@ -279,57 +342,59 @@ def train(args: argparse.Namespace) -> dict | None:
     if not len(train_set) or not len(val_set) or len(set(val_set.labels.tolist())) < 2:
         raise DatasetError(f"dataset {args.dataset_uri}: too few rows to train and validate "
                            f"({len(train_set)} train / {len(val_set)} validation examples)")
-    modeling.seed_everything(args.seed)
-    tokenizer = None
-    if args.base_model == modeling.TINY:
-        tokenizer = modeling.train_tokenizer(text for chunk in train_set.text_chunks() for texts in chunk
-                                             for text in texts)
-    lora = {"r": args.lora_r, "alpha": args.lora_alpha} if args.lora else None
-    model, tokenizer = modeling.build_model(args.base_model, tokenizer, lora)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    encoded_train, encoded_val = modeling.encode(tokenizer, train_set), modeling.encode(tokenizer, val_set)
-    baseline = modeling.keep_rate_baseline(train_set, val_set)
-    train_examples, val_examples = len(train_set), len(val_set)
-    del train_set, val_set  # the texts: training reads the token ids only
-    device = accelerator.device.type
-    hyper = hyperparameters(args, device, precision, accelerator.num_processes)
-    airflow = {key: value for key, value in (("airflow_dag_id", args.airflow_dag_id),
-                                             ("airflow_run_id", args.airflow_run_id)) if value}
     store = checkpoint_store(args)
-    scratch = Path(tempfile.gettempdir()) / f"planner-train-{args.training_run_id}"
-    if accelerator.is_main_process:
-        scratch.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    settings = LoopSettings(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-                            seed=args.seed, pad_id=tokenizer.pad_token_id,
-                            gradient_accumulation_steps=args.gradient_accumulation_steps,
-                            checkpoint_steps=args.checkpoint_steps,
-                            early_stopping_patience=args.early_stopping_patience)
-    fingerprint = {**hyper, "training_run_id": args.training_run_id, "dataset_digest": revision["dataset_digest"],
-                   "dataset_revision": revision["dataset_revision"], "train_examples": train_examples}
-    fingerprint.pop("device")
-    from accelerate.utils import gather_object
-
-    if len({json.dumps(f, sort_keys=True) for f in gather_object([fingerprint])}) > 1:
-        raise RuntimeError("the training processes read different data or settings (the dataset was republished "
-                           "while they started?): not training")
-    trainer = Trainer(accelerator, model, encoded_train, encoded_val, settings, store, scratch, fingerprint,
-                      started_at=getattr(args, "started_at", None))
+    lease = take_lease(accelerator, store)  # before anything is written under the run's checkpoints or scratch
     main_process = accelerator.is_main_process
-    trainer.check_resumable()
+    scratch = scratch_dir(args.training_run_id)
     run, failed = None, True
     try:
         if main_process:
+            clear_stale_scratch(args.training_run_id)
+            scratch.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        modeling.seed_everything(args.seed)
+        tokenizer = None
+        if args.base_model == modeling.TINY:
+            tokenizer = modeling.train_tokenizer(text for chunk in train_set.text_chunks() for texts in chunk
+                                                 for text in texts)
+        lora = {"r": args.lora_r, "alpha": args.lora_alpha} if args.lora else None
+        model, tokenizer = modeling.build_model(args.base_model, tokenizer, lora)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        encoded_train, encoded_val = modeling.encode(tokenizer, train_set), modeling.encode(tokenizer, val_set)
+        baseline = modeling.keep_rate_baseline(train_set, val_set)
+        train_examples, val_examples = len(train_set), len(val_set)
+        del train_set, val_set  # the texts: training reads the token ids only
+        device = accelerator.device.type
+        hyper = hyperparameters(args, device, precision, accelerator.num_processes)
+        airflow = {key: value for key, value in (("airflow_dag_id", args.airflow_dag_id),
+                                                 ("airflow_run_id", args.airflow_run_id)) if value}
+        settings = LoopSettings(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                                seed=args.seed, pad_id=tokenizer.pad_token_id,
+                                gradient_accumulation_steps=args.gradient_accumulation_steps,
+                                checkpoint_steps=args.checkpoint_steps,
+                                early_stopping_patience=args.early_stopping_patience)
+        fingerprint = training_fingerprint(args, hyper, revision, train_examples)
+        from accelerate.utils import gather_object
+
+        if len({json.dumps(f, sort_keys=True) for f in gather_object([fingerprint])}) > 1:
+            raise RuntimeError("the training processes read different data or settings (the dataset was "
+                               "republished while they started?): not training")
+        trainer = Trainer(accelerator, model, encoded_train, encoded_val, settings, store, scratch, fingerprint,
+                          started_at=getattr(args, "started_at", None), lease=lease)
+        trainer.check_resumable()
+        if main_process:
+            # the device and the precision it resolved to are tags: a resumed attempt may run on another
+            # device (MLflow refuses to change a param); the param is the precision asked for
             run = start_tracking(store, args, {"training_run_id": args.training_run_id, "dataset_version": version,
-                                               "dataset_uri": args.dataset_uri, "device": device, **revision,
-                                               **airflow})
+                                               "dataset_uri": args.dataset_uri, "device": device,
+                                               "mixed_precision": precision, **revision, **airflow})
             if not mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs:  # once per run
                 mlflow.log_input(_dataset_reference(args.dataset_uri, version, revision["dataset_digest"]),
                                  context="training")
                 mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
-            # the device is a tag: a resumed attempt may run on another one
-            mlflow.log_params({**{k: v for k, v in hyper.items() if k != "device"}, "dataset_version": version,
+            mlflow.log_params({**{k: v for k, v in hyper.items() if k != "device"},
+                               "mixed_precision": args.mixed_precision, "dataset_version": version,
                                "training_cutoff": cutoff.isoformat(), "train_examples": train_examples,
                                "val_examples": val_examples})
         resumed = trainer.resume()
@@ -373,6 +438,7 @@ def train(args: argparse.Namespace) -> dict | None:
         failed = False
         mlflow.end_run("FINISHED")  # before the clean-up: a published model's run is never left open or FAILED
         run = None
+        lease.release()  # the model is published: nothing more is written under the checkpoints
         if not args.keep_checkpoints:
             try:
                 store.remove_all()
@@ -389,6 +455,8 @@ def train(args: argparse.Namespace) -> dict | None:
             mlflow.end_run("FAILED" if failed else "FINISHED")
         if main_process:
             shutil.rmtree(scratch, ignore_errors=True)
+        if lease is not None:
+            lease.release()
 
 
 def finish_published(args: argparse.Namespace) -> None:
@@ -431,13 +499,17 @@ def main(argv: list[str] | None = None) -> int:
             finish_published(args)
         print(f"{final_uri} is already complete: nothing to train (a retry of a finished run)")
         return 0
+    from include.training.checkpoints import LeaseHeld
     from include.training.loop import CheckpointMismatch
 
     try:
         result = train(args)
     except (DatasetError, CheckpointMismatch) as exc:
         print(f"planner-train: bad input: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except LeaseHeld as exc:
+        print(f"planner-train: busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     if result is None:
         return 0  # not the main process: it published nothing
     metrics, chosen = result["final_metrics"], result["selection"]

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from include.training import modeling
-from include.training.checkpoints import PROGRESS_FILE, CheckpointStore, checkpoint_name
+from include.training.checkpoints import PROGRESS_FILE, CheckpointStore, Lease, checkpoint_name
 
 log = logging.getLogger("planner.train")
 
@@ -77,6 +77,16 @@ def rank_batches(count: int, settings: LoopSettings, epoch: int, rank: int, worl
     return batches[rank::world]
 
 
+def accumulated_in_group(number: int, batches: int, settings: LoopSettings) -> int:
+    """How many micro-batches the accumulation group of batch `number` holds: the full count but
+    for the epoch's last group, which holds the rest. Each loss is divided by it, so an optimizer
+    step follows the mean over the group's batches, a short last group included (dividing it by
+    the full count would shrink its step). We accumulate ourselves (the Accelerator's
+    `gradient_accumulation_steps` stays 1), so Accelerate does not rescale anything."""
+    size = settings.gradient_accumulation_steps
+    return min(size, batches - number // size * size)
+
+
 def selection(progress: Progress, settings: LoopSettings) -> dict:
     """Which epoch's weights are published, and why (the manifest and the MLflow run record it)."""
     ran = len(progress.history)
@@ -90,13 +100,15 @@ def selection(progress: Progress, settings: LoopSettings) -> dict:
 
 class Trainer:
     def __init__(self, accelerator, model, train: modeling.Encoded, val: modeling.Encoded, settings: LoopSettings,
-                 store: CheckpointStore, scratch: Path, fingerprint: dict, started_at: float | None = None):
+                 store: CheckpointStore, scratch: Path, fingerprint: dict, started_at: float | None = None,
+                 lease: Lease | None = None):
         import torch
 
         self.started_at = time.monotonic() if started_at is None else started_at  # the attempt's start
 
         self.accelerator, self.settings, self.store, self.scratch = accelerator, settings, store, scratch
         self.train, self.val, self.fingerprint = train, val, fingerprint
+        self.lease = lease  # the main process's lease on the checkpoint prefix, checked before each save
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.batches_per_epoch = len(rank_batches(len(train), settings, 0, self.rank, self.world))
         if self.batches_per_epoch == 0:
@@ -168,6 +180,8 @@ class Trainer:
         mine = {"batches_done": self.progress.batches_done, "loss_sum": self.loss_sum, "loss_count": self.loss_count}
         processes = gather_object([(self.rank, mine)])
         if accelerator.is_main_process:
+            if self.lease is not None:
+                self.lease.check()  # taken over as dead: write and prune nothing of the new owner's
             (local / PROGRESS_FILE).write_text(json.dumps({
                 "fingerprint": self.fingerprint, "world_size": self.world,
                 "progress": asdict(self.progress), "processes": {str(r): m for r, m in processes}},
@@ -207,7 +221,7 @@ class Trainer:
                 with nullcontext() if sync else accelerator.no_sync(self.model):
                     loss = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                       labels=labels.to(device)).loss
-                    accelerator.backward(loss / settings.gradient_accumulation_steps)
+                    accelerator.backward(loss / accumulated_in_group(number, len(batches), settings))
                 self.loss_sum += loss.item() * len(labels)
                 self.loss_count += len(labels)
                 progress.batches_done = number + 1

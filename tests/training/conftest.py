@@ -51,3 +51,17 @@ def databricks_try(training_dag):
         return task, context
 
     return render
+
+
+@pytest.fixture(scope="session")
+def tiny_examples(published_dataset):
+    """(tokenizer, encoded training examples, encoded validation examples) of the published dataset's
+    first 300 rows, as planner-train builds them: for tests that drive the training loop itself."""
+    from include.core.features import recipe_index
+    from include.training import cli, modeling
+    from include.training.examples import split_example_columns
+
+    table, recipes, *_ = cli.load_dataset(published_dataset, 7, 300)
+    train, val = split_example_columns(table, recipe_index(recipes.to_pylist()), 0.2, 7)
+    tokenizer = modeling.train_tokenizer(text for chunk in train.text_chunks() for texts in chunk for text in texts)
+    return tokenizer, modeling.encode(tokenizer, train), modeling.encode(tokenizer, val)

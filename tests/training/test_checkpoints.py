@@ -45,16 +45,44 @@ def _runs_of(training_run_id: str):
     return _client().search_runs([experiment.experiment_id], f"tags.training_run_id = '{training_run_id}'")
 
 
-def _kill_after_first_checkpoint(argv: list[str], checkpoints: Path) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "include.training.cli", *argv], cwd=PROJECT_ROOT,
-                               env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+TRAINER = [sys.executable, "-m", "include.training.cli"]
+TWO_PROCESSES = [sys.executable, "-m", "include.training.launch", "--nproc-per-node=2", "--"]  # the 2-GPU pod's
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, checkpoints: Path, newer_than: str = "") -> str:
+    """The name of the first complete checkpoint (newer than `newer_than`) once it appears."""
     deadline = time.monotonic() + 600
-    while not list(checkpoints.glob(f"step-*/{COMPLETE_MARKER}")):
-        assert process.poll() is None, "the trainer ended before its first checkpoint"
+    while True:
+        names_ = sorted(p.parent.name for p in checkpoints.glob(f"step-*/{COMPLETE_MARKER}") if p.parent.name > newer_than)
+        if names_:
+            return names_[0]
+        assert process.poll() is None, "the trainer ended before the checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+
+
+def _kill_after_first_checkpoint(argv: list[str], checkpoints: Path, command: list[str] = TRAINER,
+                                 env: dict | None = None) -> None:
+    """SIGKILL the training, every process of it at once (a lost node), after its first checkpoint."""
+    import psutil
+
+    process = subprocess.Popen([*command, *argv], cwd=PROJECT_ROOT, env=env or os.environ.copy(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(process, checkpoints)
+    tree = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
     process.wait()
+    psutil.wait_procs([p for p in map(_process_or_none, tree[1:]) if p], timeout=5)  # gone, or zombies
+
+
+def _process_or_none(pid: int):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def test_a_killed_training_resumes_into_the_same_run_and_publishes_what_an_uninterrupted_one_does(
@@ -180,14 +208,14 @@ def test_checkpoints_on_object_storage(published_dataset, s3_root, fresh_mlflow)
 
 
 def test_two_processes_under_torchrun_train_and_publish_one_model(published_dataset, tmp_path, fresh_mlflow):
-    """DDP on CPU (gloo): the exact launcher of the pod, two processes, one model, one MLflow run."""
+    """DDP on CPU (gloo): the pod's launcher (planner-train-ddp: torch's elastic launcher), two
+    processes, one model, one MLflow run."""
     from include.registration.artifacts import artifact_problems
 
     out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
     run_id = "planner_acceptance-v20261123_000250"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "include.training.cli",
+        [*TWO_PROCESSES,
          *_argv(published_dataset, str(out), run_id, "--epochs", "2", "--max-rows", "300", "--batch-size", "16",
                 "--device", "cpu")],
         cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
@@ -199,3 +227,81 @@ def test_two_processes_under_torchrun_train_and_publish_one_model(published_data
     assert artifact_problems(out / run_id) == []
     assert len(_runs_of(run_id)) == 1
     assert len(manifest["epoch_metrics"]) == 2
+
+
+def test_two_processes_killed_after_a_checkpoint_resume_into_one_run_without_an_epoch_twice(
+        published_dataset, tmp_path, fresh_mlflow):
+    """DDP resume: both gloo processes SIGKILLed (with their launcher) after the first checkpoint,
+    mid-epoch; the same command again resumes every process from its position, continues the one
+    MLflow run and logs each epoch once."""
+    out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
+    run_id = "planner_acceptance-v20261123_000251"
+    argv = _argv(published_dataset, str(out), run_id, "--epochs", "2", "--max-rows", "300", "--batch-size", "16",
+                 "--checkpoint-steps", "3", "--device", "cpu")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    checkpoints = Path(default_checkpoint_root(str(out))) / run_id
+    _kill_after_first_checkpoint(argv, checkpoints, TWO_PROCESSES, env)
+    (first,) = CheckpointStore(str(checkpoints.parent), run_id).complete()[:1]
+    progress = CheckpointStore(str(checkpoints.parent), run_id).read_progress(first)
+    assert progress["world_size"] == 2 and progress["progress"]["epoch"] == 0  # killed inside the first epoch
+    assert not (out / run_id).exists() and len(_runs_of(run_id)) == 1
+
+    result = subprocess.run([*TWO_PROCESSES, *argv], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    manifest = _manifest(out / run_id)
+    assert manifest["world_size"] == 2 and manifest["resumed_from"] and manifest["resumed_from"][0] >= first
+    runs = _runs_of(run_id)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and manifest["mlflow_run_id"] == runs[0].info.run_id
+    assert [m.step for m in _client().get_metric_history(runs[0].info.run_id, "val_auc")] == [0, 1]
+    assert len(manifest["epoch_metrics"]) == 2 and manifest["scheduler_steps"] == manifest["optimizer_steps"]
+    assert not checkpoints.exists()
+
+
+def test_a_killed_attempts_scratch_is_removed_when_the_run_starts_again(published_dataset, tmp_path, fresh_mlflow):
+    """SIGKILL runs no `finally`: the attempt's `<tmp>/planner-train-<run id>/` stays. The next attempt
+    of the run id removes it (and a staging copy of the model a killed publish left) as it starts,
+    and nothing else in the temp dir."""
+    from include.core import storage
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
+    run_id = "planner_acceptance-v20261123_000270"
+    argv = _argv(published_dataset, str(out), run_id, *RESUMABLE)
+    checkpoints = Path(default_checkpoint_root(str(out))) / run_id
+    _kill_after_first_checkpoint(argv, checkpoints, env=env)
+    scratch = temp / f"planner-train-{run_id}"
+    assert scratch.is_dir(), "the killed attempt left no scratch: nothing to test"
+    (scratch / "left-by-the-killed-attempt").write_text("x")
+    import tempfile
+
+    previous, tempfile.tempdir = tempfile.tempdir, str(temp)
+    try:  # what a kill during a publish to object storage leaves: the local staging copy of the model
+        staging = storage.new_staging_dir(f"s3://bucket/models/{names.REGISTERED_MODEL_NAME}/{run_id}")
+    finally:
+        tempfile.tempdir = previous
+    others = [temp / "planner-train-planner_acceptance-v20261123_000271", temp / f"{run_id}-notes", temp / "other"]
+    for other in others:
+        other.mkdir()
+        (other / "keep").write_text("x")
+    (first,) = CheckpointStore(str(checkpoints.parent), run_id).complete()[:1]
+
+    log = tmp_path / "retry.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([*TRAINER, *argv], cwd=PROJECT_ROOT, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    try:
+        _wait_for_checkpoint(process, checkpoints, newer_than=first)  # the retry is training, well after its start
+        assert not (scratch / "left-by-the-killed-attempt").exists() and not staging.exists()
+        assert process.poll() is None
+        process.wait(timeout=900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text()[-3000:]
+    assert f"removed {scratch}" in log.read_text()
+    assert not scratch.exists() and all((other / "keep").exists() for other in others)

@@ -74,7 +74,9 @@ def test_a_pod_of_four_gpus_runs_one_training_process_per_gpu_with_a_memory_back
     pod = operator.build_pod_request_obj(dry_run=True)
 
     container = pod.spec.containers[0]
-    assert container.command == ["torchrun", "--standalone", "--nproc_per_node=4", "--no-python", "planner-train"]
+    # planner-train-ddp, not torchrun: torch's elastic launcher, but a worker's exit 2 (bad input) or 3 (busy)
+    # stays the pod's exit code (tests/training/test_wheel.py runs this command on two processes)
+    assert container.command == ["planner-train-ddp", "--nproc-per-node=4", "--"]
     assert container.args == trainer_argv(OPTIONS)
     assert container.resources.limits["nvidia.com/gpu"] == "4"
     # every rank builds its examples: memory and CPU grow with the processes (/dev/shm is in the base)
@@ -108,7 +110,8 @@ def test_the_databricks_payload_is_the_wheel_task_with_exactly_the_trainer_optio
     operator, context = databricks_try(1, INPUTS)
     payload = operator._prepare_submit_json(context)  # what submit_run would send (DAG params must not leak in)
     (train,) = payload["tasks"]
-    assert train["python_wheel_task"] == {"package_name": "planner_trainer", "entry_point": "planner-train",
+    # the launcher: one training process per GPU of the node, planner-train's exit codes kept
+    assert train["python_wheel_task"] == {"package_name": "planner_trainer", "entry_point": "planner-train-ddp",
                                           "named_parameters": OPTIONS}
     assert train["libraries"] == [{"whl": settings.trainer_wheel}]
     assert train["new_cluster"]["node_type_id"] and "gpu" in train["new_cluster"]["spark_version"]

@@ -18,7 +18,13 @@ import pytest
 
 from include.core import names
 from include.core.config import training_settings
-from include.training.backends import DATABRICKS_TOKEN_MAX_CHARS, databricks_argv, trainer_options
+from include.training.backends import (
+    DATABRICKS_TOKEN_MAX_CHARS,
+    databricks_argv,
+    pod_command,
+    trainer_argv,
+    trainer_options,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +41,7 @@ def installed_trainer(tmp_path_factory) -> Path:
         entry_points = archive.read(next(n for n in archive.namelist() if n.endswith("entry_points.txt"))).decode()
         packaged = {n.split("/")[1] for n in archive.namelist() if n.startswith("include/") and n.count("/") == 2}
     assert "planner-train = include.training.cli:main" in entry_points
+    assert "planner-train-ddp = include.training.launch:main" in entry_points  # the multi-GPU pod and Databricks
     assert packaged == {"core", "training"}, "the wheel carries the trainer and the core only"
 
     venv = work / "venv"
@@ -91,6 +98,52 @@ def test_the_installed_script_takes_the_argv_databricks_builds(installed_trainer
     assert (model_dir / names.SUCCESS_MARKER).exists()
     manifest = json.loads((model_dir / names.MODEL_MANIFEST_FILE).read_text())
     assert manifest["training_run_id"] == run_id and manifest["hyperparameters"]["lora"] is False
+
+
+def _pod_run(venv_bin: Path, cwd: Path, gpu_count: int, argv: list[str]) -> subprocess.CompletedProcess:
+    """The pod's command line (`pod_command` + the trainer's argv) as the image runs it: the installed
+    wheel's scripts first on PATH (then the project venv's, where torch's own torchrun is)."""
+    env = {**_clean_env(), "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(venv_bin), str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    return subprocess.run([*pod_command(gpu_count), *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_the_two_gpu_pod_command_keeps_exit_2_and_3_and_trains_a_good_input(installed_trainer, published_dataset,
+                                                                           tmp_path, fresh_mlflow):
+    """Two gloo processes under the exact command a 2-GPU pod runs. torchrun reported a refusing
+    worker as exit 1, so the pod's refused input was retried: the launcher keeps 2 (bad input) and 3
+    (busy: another live trainer's lease), and a good input trains and publishes one model, one run."""
+    import mlflow
+
+    from include.training.checkpoints import CheckpointStore, Lease, default_checkpoint_root
+
+    bin_dir, models = installed_trainer.parent, str(tmp_path / "models" / names.REGISTERED_MODEL_NAME)
+    run_id = "planner_acceptance-v20261123_000004"
+    missing = trainer_argv(trainer_options(str(tmp_path / "datasets" / "planner" / "2026-11-23"), models, run_id,
+                                           PARAMS))
+    refused = _pod_run(bin_dir, tmp_path, 2, missing)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "planner-train: bad input:" in refused.stderr and "does not exist" in refused.stderr
+
+    argv = trainer_argv(trainer_options(published_dataset, models, run_id, {**PARAMS, "max_rows": 300,
+                                                                             "batch_size": 16}))
+    store = CheckpointStore(default_checkpoint_root(models), run_id)
+    other = Lease(store, owner={"token": "another-pod", "host": "planner-train-old-pod", "pid": 1})
+    other.write()  # a pod of the same run id that still runs (its heartbeat is fresh)
+    busy = _pod_run(bin_dir, tmp_path, 2, argv)
+    assert busy.returncode == 3, busy.stderr[-3000:]
+    assert "planner-train: busy: another trainer holds the lease" in busy.stderr
+    assert store.read_run() is None and store.complete() == []  # it wrote nothing there
+    other.fs.rm(other.path)  # that pod finished (it released its lease)
+
+    trained = _pod_run(bin_dir, tmp_path, 2, argv)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    manifest = json.loads((Path(models) / run_id / names.MODEL_MANIFEST_FILE).read_text())
+    assert manifest["world_size"] == 2 and (Path(models) / run_id / names.SUCCESS_MARKER).exists()
+    client = mlflow.MlflowClient(tracking_uri=fresh_mlflow)
+    experiment = client.get_experiment_by_name(names.EXPERIMENT_TRAINING)
+    assert len(client.search_runs([experiment.experiment_id], f"tags.training_run_id = '{run_id}'")) == 1
 
 
 class StandInWorkspace(ThreadingHTTPServer):
