@@ -7,7 +7,10 @@ functions, standard library only: the registered model carries this file with it
 The context is only what the row's `input` holds (the state as of the plan time), so nothing
 learned here can come from after the plan. Derived tokens (pantry overlap, prep time and
 cost against the constraints, preference matches, excluded ingredients) are computed from
-that same context, as the serving side can.
+that same context, as the serving side can. Each of the household's restrictions is paired with
+each of the recipe's ingredients (`conflicts`, one word piece per pair): which pairs clash is
+learned from the data, not written down here. Measured on make lifecycle's data, the pairs and the
+finer buckets took the validation AUC from 0.805 to 0.82-0.83 (README, "Measured figures").
 """
 from __future__ import annotations
 
@@ -42,6 +45,11 @@ def context_text(context: dict) -> str:
             f"pantry {_words(pantry)}")
 
 
+def _piece(value) -> str:
+    """One word piece: the tokenizer splits on punctuation, so a pair keeps letters and digits only."""
+    return "".join(ch for ch in str(value).lower() if ch.isalnum())
+
+
 def meal_text(recipe: dict, context: dict) -> str:
     household, constraints = context["household"], context["constraints"]
     ingredients = set(recipe["ingredients"])
@@ -52,11 +60,14 @@ def meal_text(recipe: dict, context: dict) -> str:
     cost_ratio = float(recipe["cost"]) * size / per_meal_budget
     prep_over = (recipe["prep_time"] or 0) - (constraints.get("max_prep_time") or 0)
     excluded_hits = ingredients & set(constraints.get("excluded_ingredients") or [])
+    pairs = [f"{_piece(r)}x{_piece(i)}" for r in sorted(household.get("restrictions") or []) for i in sorted(ingredients)]
     return (f"cuisine {recipe['cuisine']} tags {_words(sorted(tags))} ingredients {_words(sorted(ingredients))} "
-            f"pantry_overlap {round(4 * len(ingredients & pantry) / max(len(ingredients), 1))} "
-            f"prep_over {_bucket(prep_over, [0, 10, 20, 40])} cost_ratio {_bucket(cost_ratio, [0.8, 1.0, 1.3, 1.8])} "
-            f"pref_match {len(tags & set(household.get('preferences') or []))} "
-            f"excluded_hit {'yes' if excluded_hits else 'no'}")
+            f"overlap {round(10 * len(ingredients & pantry) / max(len(ingredients), 1))} "
+            f"prepover {_bucket(prep_over, [0, 5, 10, 15, 20, 30, 45, 60])} "
+            f"costratio {_bucket(cost_ratio, [0.8, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5, 3.0])} "
+            f"prefmatch {len(tags & set(household.get('preferences') or []))} "
+            f"excludedhit {'yes' if excluded_hits else 'no'} "
+            f"conflicts {' '.join(pairs) or 'none'}")
 
 
 def recipe_index(recipe_rows: list[dict]) -> dict[str, dict]:

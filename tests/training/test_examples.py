@@ -45,11 +45,23 @@ def test_a_proposed_meal_is_kept_when_the_same_recipe_stays_on_the_same_day(acce
 
 
 def test_derived_tokens_come_from_the_context_only():
-    assert "excluded_hit no" in meal_text(RECIPES["r1"], CONTEXT)
-    assert "excluded_hit yes" in meal_text(RECIPES["r2"], CONTEXT)
-    assert "prep_over 0" in meal_text(RECIPES["r1"], CONTEXT) and "prep_over 3" in meal_text(RECIPES["r2"], CONTEXT)
-    assert "pref_match 1" in meal_text(RECIPES["r1"], CONTEXT)
+    quick, spicy = meal_text(RECIPES["r1"], CONTEXT), meal_text(RECIPES["r2"], CONTEXT)
+    assert "excludedhit no" in quick and "excludedhit yes" in spicy
+    assert "prepover 0" in quick and "prepover 5" in spicy  # 10 min under the limit; 30 over it
+    assert "overlap 5" in quick and "overlap 0" in spicy  # tenths of the ingredients in the pantry
+    assert "costratio 0" in quick and "prefmatch 1" in quick
+    # each restriction paired with each ingredient, one word piece per pair: the model learns which clash
+    assert "conflicts dairyfreexcheese dairyfreexrice" in quick
+    assert "conflicts none" in meal_text(RECIPES["r1"], {**CONTEXT, "household": {**CONTEXT["household"],
+                                                                                 "restrictions": []}})
     assert "restrictions dairy-free" in context_text(CONTEXT) and "pantry rice" in context_text(CONTEXT)
+
+
+def test_a_restriction_ingredient_pair_is_one_token():
+    from include.training.modeling import train_tokenizer
+
+    texts = [meal_text(RECIPES["r1"], CONTEXT), context_text(CONTEXT)]
+    assert "dairyfreexcheese" in train_tokenizer(texts).tokenize(texts[0])
 
 
 def test_an_unknown_recipe_is_a_dataset_error():
