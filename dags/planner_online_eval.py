@@ -1,7 +1,8 @@
 """
 ### planner_online_eval: decide a running canary from its logged events
 
-Runs daily (07:00 UTC; `catchup=False`) and from the trigger form. While no canary runs (`ml.canaries`),
+Runs daily (07:00 UTC; `catchup=False`; `PLANNER_ONLINE_EVAL_SCHEDULE` overrides the cron, `none`: triggered
+only, as `make lifecycle` does) and from the trigger form. While no canary runs (`ml.canaries`),
 `look` says so and the run does nothing more. A canary is started by `planner_promotion` when the gate passes
 under rollout `canary` (`include/promotion/policy.json`): the candidate serves a share of households
 (`include.serving.assignment.in_canary`), the champion the rest, and every served plan carries its
@@ -19,15 +20,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
 from include.alerts import failure_notifiers
 from include.core import names
-from include.core.config import apply_offline_env
+from include.core.config import apply_offline_env, settings
 from include.promotion.approval import RecordedApprovalOperator
 
 APPROVAL_TIMEOUT = timedelta(days=3)
 DAG_ID = names.ONLINE_EVAL
+SCHEDULE = settings().online_eval_schedule
 
 
 def _events_dsn() -> str:
@@ -46,7 +48,7 @@ def _airflow_ids(context) -> dict:
 
 @dag(
     dag_id=DAG_ID,
-    schedule="0 7 * * *",
+    schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC") if SCHEDULE else None,
     start_date=datetime(2026, 1, 5),
     catchup=False,
     max_active_runs=1,

@@ -8,9 +8,14 @@ showing which DAG and task runs. Then print what the chain produced: dataset row
 quarantine, validation AUC, the registered version, its evaluation against the champion and
 the promotion decision with its reasons. Then simulate the next week (one more week of events)
 and run the chain again: the second model is gated against the first champion (the events of
-that week are generated up front with the rest, so the past stays as it was).
+that week are generated up front with the rest, so the past stays as it was). Passing, it becomes
+the canary (the Asset-started promotion's rollout): the week after is simulated and appended with
+each household's plan proposed by the model of its arm (`include.events.online`), and
+`planner_online_eval`, triggered at the week's end, promotes it or rolls it back from both arms'
+logged events; the summary shows both arms' numbers and the decision (`DEMO_CANARY`: half the
+households, decided after one week).
 Safe to re-run, with the same end state: `var/lifecycle.json` records the simulated world (seed,
-households, weeks, last Monday) and the weeks whose chain finished. Run again in the same world,
+households, weeks, last Monday), the weeks whose chain finished and the canary week. Run again in the same world,
 it reports the finished weeks without retraining and runs only the rest. In another world (a
 week later, other arguments, no record) the models, registry, replays, Airflow runs and
 promotion history it made belong to other data (replaying an old week against a newer champion
@@ -24,7 +29,7 @@ import os
 import shutil
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from include.core import names, storage
@@ -94,6 +99,7 @@ def _decision_for(dsn: str, model_version: str) -> dict:
 
 SERVICES_HOME = Path(os.environ.get("PLANNER_AIRFLOW_SERVICES_HOME") or PROJECT_ROOT / "var" / "airflow-services")
 CHAIN = (names.DAG_DATASET, names.DAG_TRAINING, names.DAG_REGISTRATION, names.DAG_OFFLINE_EVAL, names.DAG_PROMOTION)
+DAGS = (*CHAIN, names.ONLINE_EVAL)
 RUN_TIMEOUT_S = 20 * 60
 
 
@@ -101,12 +107,18 @@ class ChainFailed(RuntimeError):
     pass
 
 
+# The demo's canary (include/promotion/policy.json's "canary" rules, overridable from the environment):
+# half the households for one simulated week, decided at its end. At 2,000 households and the default
+# fifth, a week would mostly say "continue" (README, "Canary": days needed to detect a change).
+DEMO_CANARY = {"PLANNER_CANARY_SHARE": "0.5", "PLANNER_CANARY_MIN_DAYS": "7", "PLANNER_CANARY_MAX_DAYS": "7"}
+
+
 def services_env(dsn: str) -> dict:
     env = airflow_env(dsn, home=str(SERVICES_HOME))
     env["PLANNER_DATASET_SCHEDULE"] = "none"  # this script triggers the dataset; no cron run on unpause
-    # The simulated world does not yet serve plans from a deployment, so a canary would see no online
-    # events: week 2's challenger is promoted directly (planner_promotion's rollout, docs/contracts.md)
-    env["PLANNER_PROMOTION_ROLLOUT"] = "direct"
+    env["PLANNER_ONLINE_EVAL_SCHEDULE"] = "none"  # and the canary's look, at the end of its simulated week
+    for key, value in DEMO_CANARY.items():
+        env[key] = os.environ.get(key, value)
     return env
 
 
@@ -172,6 +184,14 @@ def run_chain(services, version: str, started: float) -> None:
         _follow(services, dag_id, seen[dag_id], started)
 
 
+def follow_online_eval(services, as_of: str, started: float) -> str:
+    """Trigger planner_online_eval by REST for the look at midnight of `as_of`, and wait for it."""
+    seen = {r["dag_run_id"] for r in _runs(services, names.ONLINE_EVAL)}
+    run_id = services.trigger(names.ONLINE_EVAL, {"as_of": as_of})
+    seen.discard(run_id)
+    return _follow(services, names.ONLINE_EVAL, seen, started)
+
+
 def _model_version_of_newest_model() -> str:
     newest = sorted(_complete_models())[-1]
     manifest = _manifest(newest)
@@ -179,6 +199,21 @@ def _model_version_of_newest_model() -> str:
     if version is None:
         raise ChainFailed(f"the chain finished but model {newest} has no registered version")
     return version
+
+
+def _oracle_share(evaluation_run_id: str | None) -> tuple[float, float] | None:
+    """(the oracle's ROC AUC, the candidate's share of it) from the evaluation's report, where it has them."""
+    import mlflow.artifacts
+
+    if not evaluation_run_id:
+        return None
+    try:
+        report = json.loads(mlflow.artifacts.load_text(f"runs:/{evaluation_run_id}/{names.EVAL_REPORT_FILE}"))
+    except Exception:  # noqa: BLE001 - a courtesy line of the summary; the gate does not read it
+        return None
+    oracle = (report.get("models", {}).get("oracle") or {}).get("roc_auc")
+    share = report.get("comparison", {}).get("auc_share_of_oracle")
+    return (float(oracle), float(share)) if oracle is not None and share is not None else None
 
 
 def report_week(dsn: str, dataset_version: str, model_version: str) -> None:
@@ -195,11 +230,88 @@ def report_week(dsn: str, dataset_version: str, model_version: str) -> None:
           f"({tags['eval_examples']} proposed meals) against baseline version {tags['eval_baseline_version']}: "
           f"ROC AUC {float(tags['eval_roc_auc']):.3f}, accuracy {float(tags['eval_accuracy']):.3f}, "
           f"log loss {float(tags['eval_log_loss']):.3f}, p95 {float(tags['eval_latency_p95_ms']):.1f} ms per plan")
+    oracle = _oracle_share(tags.get("evaluation_run_id"))
+    if oracle:
+        print(f"    on the same replayed meals the generator's true keep probabilities (the oracle) reach ROC AUC "
+              f"{oracle[0]:.3f}: the model has {100 * oracle[1]:.1f}% of that ceiling")
     decision = _decision_for(dsn, model_version)
     print(f"    promotion of version {decision['version']}: {decision['outcome']} "
           f"(champion today: version {_champion() or 'none'})")
     for reason in decision["reasons"] or ["every check of include/promotion/policy.json passed"]:
         print(f"      - {reason}")
+
+
+def canary_week(dsn: str, seed: int, state: dict, run_online_eval, save=None) -> dict | None:
+    """Week 2's canary, if its promotion started one: simulate the next week served by the deployment
+    (include.events.online: each household's plan proposed by its arm's model, kept by the generator's
+    truth model), then `run_online_eval(as_of)` runs planner_online_eval at the week's end, which
+    promotes the canary, rolls it back or lets it continue. Recorded in `state["canary"]` (saved
+    before the week is simulated, so a re-run neither simulates another week nor loses this one).
+    `save(state)` persists it (default: `var/lifecycle.json`). Returns the canary as `ml.canaries` holds it
+    after the look, or None when no canary was started."""
+    from include.events.online import WEEK, next_week_start, simulate_online_week
+    from include.promotion import history
+    from include.serving.consumer import read_deployment
+
+    save = save or save_state
+    record = state.get("canary")
+    with history.connect(dsn) as conn:
+        canary = (history.canary(conn, record["canary_id"]) if record
+                  else history.running_canary(conn, names.REGISTERED_MODEL_NAME))
+    if canary is None:
+        return None
+    if record is None:
+        record = state["canary"] = {"canary_id": canary["canary_id"], "version": canary["canary_version"],
+                                    "week_start": next_week_start(dsn).date().isoformat()}
+        save(state)
+    week_start = datetime.fromisoformat(record["week_start"]).replace(tzinfo=UTC)
+    as_of = (week_start + WEEK).date().isoformat()
+    if canary["state"] == "running":
+        _step(f"the canary week: version {canary['canary_version']} serves {canary['share']:.0%} of households "
+              f"against champion {canary['champion_version']}; simulating {week_start.date()} to {as_of} with each "
+              "household's plan proposed by its arm's model")
+        clock = time.perf_counter()
+        served = simulate_online_week(dsn, read_deployment(dsn=dsn), week_start, seed=seed)
+        print(f"    {served['message']} ({time.perf_counter() - clock:.0f}s)")
+        _step(f"planner_online_eval (as of {as_of}): both arms' logged events, the sequential test, the decision")
+        run_online_eval(as_of)
+        with history.connect(dsn) as conn:
+            canary = history.canary(conn, canary["canary_id"])
+    report_canary(dsn, canary)
+    record["state"] = canary["state"]
+    save(state)
+    return canary
+
+
+def report_canary(dsn: str, canary: dict) -> None:
+    """Both arms' numbers at the canary's last look, the decision and where the champion is now."""
+    from include.promotion import history
+
+    with history.connect(dsn) as conn:
+        looks = history.looks(conn, canary["canary_id"])
+    print(f"    canary {canary['canary_id']}: version {canary['canary_version']} on {canary['share']:.0%} of "
+          f"households against champion {canary['champion_version']} (experiment {canary['experiment_id']})")
+    if not looks:
+        print("    no look yet")
+    else:
+        look = looks[-1]
+        print(f"    look of {look['window_end'][:10]} (day {look['day']}): {look['action']}")
+        print(f"      {'arm':<9} {'version':>7} {'meals':>7} {'kept share':>10} {'plans accepted':>16} "
+              f"{'edits/plan':>10} {'households':>10}")
+        for arm, version in (("champion", canary["champion_version"]), ("canary", canary["canary_version"])):
+            f = look["arms"][arm]
+            share = "-" if f["kept_share"] is None else f"{f['kept_share']:.4f}"
+            edits = "-" if f["edits_per_plan"] is None else f"{f['edits_per_plan']:.2f}"
+            print(f"      {arm:<9} {version:>7} {f['meals']:>7,} {share:>10} "
+                  f"{f['plans_accepted']:>7,} / {f['plans_generated']:<6,} {edits:>10} {f['households']:>10,}")
+        print(f"      {look['reason']}")
+    outcome = {"running": "still running: planner_online_eval looks again on its next run",
+               "promoted": f"promoted: version {canary['canary_version']} is the champion",
+               "rolled_back": f"rolled back: version {canary['champion_version']} stays the champion",
+               "abandoned": "abandoned (the champion moved during the canary)"}
+    print(f"    canary {outcome.get(canary['state'], canary['state'])}"
+          + (f" ({canary['end_reason']})" if canary.get("end_reason") and canary["state"] != "rolled_back" else "")
+          + f"; champion today: version {_champion() or 'none'}")
 
 
 STATE_FILE = PROJECT_ROOT / "var" / "lifecycle.json"
@@ -320,6 +432,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {counts['exp.events']:,} events loaded")
 
     services = None
+
+    def airflow():
+        nonlocal services
+        if services is None:
+            _step(f"starting Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in "
+                  f"{SERVICES_HOME}")
+            services = AirflowServices(SERVICES_HOME, services_env(dsn), port=free_port())
+            services.start()
+            for dag_id in DAGS:
+                services.unpause(dag_id)
+            print(f"    up at {services.url} after {time.perf_counter() - started:.0f}s")
+        return services
+
+    def online_eval(as_of: str) -> None:
+        follow_online_eval(airflow(), as_of, started)
+
     try:
         for week, week_end in enumerate(weeks, start=1):
             version = week_end.date().isoformat()
@@ -328,14 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                       "its outcome, without retraining")
                 report_week(dsn, version, done[version])
                 continue
-            if services is None:
-                _step(f"starting Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in "
-                      f"{SERVICES_HOME}")
-                services = AirflowServices(SERVICES_HOME, services_env(dsn), port=free_port())
-                services.start()
-                for dag_id in CHAIN:
-                    services.unpause(dag_id)
-                print(f"    up at {services.url} after {time.perf_counter() - started:.0f}s")
+            airflow()
             if week == 2:
                 _step(f"a week later: the dataset of {version} takes in the week's new events; the new model is "
                       "gated against the champion of week 1")
@@ -345,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             done[version] = _model_version_of_newest_model()
             save_state(state)
             report_week(dsn, version, done[version])
+        if canary_week(dsn, args.seed, state, online_eval) is None:
+            print("    no canary: week 2's promotion started none (its outcome is above)")
     except ChainFailed as failure:
         print(f"\nFAILED: {failure}", file=sys.stderr)
         return 1
@@ -355,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nAirflow UI (these runs, their logs and the Asset graph): make airflow, then http://127.0.0.1:8080 "
           "(admin / admin)")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings().mlflow_tracking_uri}")
-    print("Promotion history: SELECT * FROM ml.promotion_decisions ORDER BY decision_id;")
+    print("Promotion history: SELECT * FROM ml.promotion_decisions ORDER BY decision_id; the canary's looks: "
+          "SELECT * FROM ml.canary_looks ORDER BY look_id;")
     print(f"done in {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -41,6 +41,8 @@ from include.events import generate
 from scripts.airflow_env import airflow_env
 from scripts.lifecycle import (
     CHAIN,
+    DAGS,
+    DEMO_CANARY,
     ChainFailed,
     _drop_promotion_history,
     _manifest,
@@ -48,6 +50,8 @@ from scripts.lifecycle import (
     _runs,
     _step,
     _version_exists,
+    canary_week,
+    follow_online_eval,
     report_week,
     run_chain,
 )
@@ -216,7 +220,8 @@ class Topology:
         env.update(self.client_env())
         env.update({
             "PLANNER_DATASET_SCHEDULE": "none",  # triggered by this script; no cron run on unpause
-            "PLANNER_PROMOTION_ROLLOUT": "direct",  # as make lifecycle: no online traffic for a canary to read
+            "PLANNER_ONLINE_EVAL_SCHEDULE": "none",  # the canary's look is triggered at its week's end
+            **{key: os.environ.get(key, value) for key, value in DEMO_CANARY.items()},
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy(self.airflow_dsn),
             "AIRFLOW__CELERY__BROKER_URL": self.redis_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _sqlalchemy(self.airflow_dsn),
@@ -589,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"broker {topology.redis_url}, queue {topology.queue}; metadata in PostgreSQL) and "
                       f"{WORKERS} Celery workers with their own working directories under {home / 'workers'}")
                 topology.start_airflow()
-                for dag_id in CHAIN:
+                for dag_id in DAGS:
                     topology.services.unpause(dag_id)
                 print(f"    up at {topology.services.url} (admin / admin) after {time.perf_counter() - started:.0f}s; "
                       f"task logs to s3://{BUCKET}/airflow/logs")
@@ -621,6 +626,20 @@ def main(argv: list[str] | None = None) -> int:
                 print_locations(where)
                 report["weeks"][version] = {"model_version": done[version], "locations": where, "placement": placed,
                                             "logs": logs, "live_logs": live.seen, "swept": swept}
+        if len(weeks) > 1:
+            def online_eval(as_of: str) -> None:
+                if topology.services is None:
+                    topology.start_airflow()
+                    for dag_id in DAGS:
+                        topology.services.unpause(dag_id)
+                follow_online_eval(topology.services, as_of, started)
+                topology.sweep_scratch()
+
+            with _environment(topology.client_env()):
+                canary = canary_week(events_dsn, args.seed, state, online_eval, save=topology.save_state)
+            report["canary"] = canary
+            if canary is None:
+                print("    no canary: week 2's promotion started none (its outcome is above)")
         left = local_leftovers(topology)
         print(f"    on the workers' local disks: {'nothing of the lifecycle left (scratch removed)' if not left else left}")
         report["local_leftovers"] = left

@@ -50,6 +50,8 @@ class Settings:
     dataset_schedule: str | None  # cron of planner_dataset (default: Monday 00:00 UTC + the lateness allowance);
     #                               None: only triggered (from the UI, REST or make lifecycle)
     dataset_lateness_hours: int  # planner_dataset waits this long after a window's Monday 00:00 UTC end (0..72)
+    online_eval_schedule: str | None = "0 7 * * *"  # cron of planner_online_eval (daily looks at a running
+    #                                                  canary); None: only triggered (make lifecycle triggers it)
     dataset_batch_rows: int = 10_000  # rows per batch (at most one row group) wherever the dataset phase reads a
     #                                   table back (assembly, quarantine, validation, summary, log_dataset): its
     #                                   memory follows this, not the window
@@ -69,6 +71,12 @@ def _batch_rows() -> int:
     return rows
 
 
+def _schedule(name: str, default: str) -> str | None:
+    """A cron from the environment; `none` (or off, manual): the DAG is only triggered."""
+    cron = _env(name, default)
+    return None if cron.strip().lower() in ("none", "off", "manual") else cron
+
+
 def settings() -> Settings:
     """Current settings: env var if set, else the embedded local default."""
     var = PROJECT_ROOT / "var"
@@ -84,9 +92,9 @@ def settings() -> Settings:
         max_bad_share=float(_env("PLANNER_MAX_BAD_SHARE", "0.05")),
         extract_parallelism=max(1, int(_env("PLANNER_EXTRACT_PARALLELISM", "2"))),
         extract_work_mem=_env("PLANNER_EXTRACT_WORK_MEM", "256MB"),
-        dataset_schedule=None if _env("PLANNER_DATASET_SCHEDULE", weekly).lower() in ("none", "off", "manual")
-        else _env("PLANNER_DATASET_SCHEDULE", weekly),
+        dataset_schedule=_schedule("PLANNER_DATASET_SCHEDULE", weekly),
         dataset_lateness_hours=lateness,
+        online_eval_schedule=_schedule("PLANNER_ONLINE_EVAL_SCHEDULE", "0 7 * * *"),
         dataset_batch_rows=_batch_rows(),
     )
 
