@@ -209,9 +209,13 @@ class Lease:
         """Why `record` (another owner's lease) is live, or None when it is expired or its process is gone."""
         age = time.time() - float(record.get("heartbeat") or 0)
         expiry = float(record.get("expiry_s") or self.expiry_s)
+        if record.get("host") == self.owner["host"]:
+            if not _process_exists(record.get("pid")):
+                return None
+            if _is_trainer(record.get("pid")):  # alive on this host: stalled, not dead, whatever its heartbeat
+                return (f"host {record.get('host')}, pid {record.get('pid')} still runs a trainer "
+                        f"(last heartbeat {max(age, 0):.0f} s ago)")
         if age > expiry:
-            return None
-        if record.get("host") == self.owner["host"] and not _process_exists(record.get("pid")):
             return None
         return (f"host {record.get('host')}, pid {record.get('pid')}, last heartbeat {max(age, 0):.0f} s ago, "
                 f"expiring {expiry:.0f} s after its last heartbeat")
@@ -261,12 +265,16 @@ class Lease:
             except Exception as exc:  # noqa: BLE001 - a store hiccup: the next beat tries again
                 log.warning("could not refresh the lease %s: %s", self.uri, exc)
 
-    def release(self) -> None:
-        """Stop refreshing and remove the lease if it is still this trainer's."""
+    def stop_refreshing(self) -> None:
+        """Stop the heartbeat (before the owner removes the whole prefix, lease included)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def release(self) -> None:
+        """Stop refreshing and remove the lease if it is still this trainer's."""
+        self.stop_refreshing()
         try:
             record = self.read()
             if record and record.get("token") == self.token:
@@ -275,6 +283,16 @@ class Lease:
                 os.rmdir(self.dir)  # nothing else was written: leave no empty prefix behind
         except Exception as exc:  # noqa: BLE001 - it expires on its own
             log.warning("could not release the lease %s: %s", self.uri, exc)
+
+
+def _is_trainer(pid) -> bool:
+    """Whether process `pid` of this host runs planner-train (its command line says so), not a process that
+    got the pid of a dead trainer."""
+    try:
+        command = Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, TypeError, ValueError):
+        return False
+    return b"planner-train" in command or b"include.training" in command
 
 
 def _process_exists(pid) -> bool:

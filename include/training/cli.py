@@ -149,6 +149,15 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int):
     return table, recipes, cutoff, version, revision
 
 
+def feature_code_sha256() -> str:
+    """The sha256 of the feature code this trainer turned rows into texts with: registration packages its own
+    copy of include/core/features.py with the version, and refuses a model trained on other texts."""
+    from include.core import features
+    from include.core.hashing import file_sha256
+
+    return file_sha256(Path(features.__file__))
+
+
 def write_manifest(directory: Path, content: dict) -> dict:
     """The manifest lists every file with its sha256 (the manifest itself and _SUCCESS excepted)."""
     from include.core.hashing import file_sha256
@@ -344,6 +353,9 @@ def train(args: argparse.Namespace) -> dict | None:
                            f"({len(train_set)} train / {len(val_set)} validation examples)")
     store = checkpoint_store(args)
     lease = take_lease(accelerator, store)  # before anything is written under the run's checkpoints or scratch
+    if storage.is_complete(model_uri(args)):  # the trainer it waited for (or took over) published meanwhile
+        lease.release()
+        return {"published_meanwhile": True}
     main_process = accelerator.is_main_process
     scratch = scratch_dir(args.training_run_id)
     run, failed = None, True
@@ -429,7 +441,7 @@ def train(args: argparse.Namespace) -> dict | None:
                 "final_metrics": final, "epoch_metrics": progress.history, "selection": chosen,
                 "world_size": accelerator.num_processes, "resumed_from": progress.resumed_from,
                 "optimizer_steps": progress.optimizer_steps, "scheduler_steps": trainer.scheduler_steps,
-                "torch_version": torch.__version__, **airflow})
+                "torch_version": torch.__version__, "feature_code_sha256": feature_code_sha256(), **airflow})
             mlflow.log_dict(manifest, names.MODEL_MANIFEST_FILE)
             storage.publish_dir(staging, final_uri)
         except BaseException:
@@ -438,12 +450,13 @@ def train(args: argparse.Namespace) -> dict | None:
         failed = False
         mlflow.end_run("FINISHED")  # before the clean-up: a published model's run is never left open or FAILED
         run = None
-        lease.release()  # the model is published: nothing more is written under the checkpoints
-        if not args.keep_checkpoints:
+        if not args.keep_checkpoints:  # under the lease still, so a retry taking it next finds them gone
+            lease.stop_refreshing()
             try:
                 store.remove_all()
             except Exception as exc:  # noqa: BLE001 - the model is published; retention removes what is left
                 log.warning("could not remove the checkpoints under %s: %s", store.uri, exc)
+        lease.release()  # the model is published and its checkpoints gone: nothing more is written here
         return {"model_uri": final_uri, **manifest}
     except (SystemExit, KeyboardInterrupt):
         if run is not None:
@@ -512,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUSY
     if result is None:
         return 0  # not the main process: it published nothing
+    if result.get("published_meanwhile"):
+        finish_published(args)
+        print(f"{final_uri} was published by another attempt while this one started: nothing to train")
+        return 0
     metrics, chosen = result["final_metrics"], result["selection"]
     print(f"trained {args.training_run_id}: val_auc {metrics['val_auc']:.4f} at epoch {chosen['best_epoch']} "
           f"({chosen['reason']}; baseline {metrics['baseline_val_auc']:.4f}); published {result['model_uri']}")

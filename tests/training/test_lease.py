@@ -174,3 +174,27 @@ def test_a_trainer_whose_lease_was_taken_over_stops_without_touching_the_new_own
     assert "took this run over" in trainer.output()
     assert new_owner.read()["token"] == new_owner.token  # not released by the trainer it displaced
     assert not (Path(out) / run_id).exists()
+
+
+def test_a_stalled_trainer_on_this_host_keeps_its_lease_but_a_gone_one_or_a_reused_pid_does_not(tmp_path):
+    """On the lease's own host liveness is the process, not the heartbeat: a trainer stalled past the
+    expiry (swapping, a hung store) still runs and must not be taken over (both would share one scratch);
+    once it is gone, or its pid now belongs to another program, the lease is dead as its heartbeat says."""
+    import socket
+
+    store = CheckpointStore(str(tmp_path / "checkpoints"), "planner_acceptance-v20261123_000264")
+    me = Lease(store, expiry_s=60)
+    stalled = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "include.training.cli"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old = time.time() - 3600
+        trainer = {"token": "t1", "host": socket.gethostname(), "pid": stalled.pid, "heartbeat": old, "expiry_s": 60}
+        assert me.live_reason(trainer) is not None
+        assert me.live_reason({**trainer, "pid": other.pid}) is None  # a pid reused by another program
+        assert me.live_reason({**trainer, "pid": other.pid, "heartbeat": time.time()}) is not None  # fresh: live
+    finally:
+        stalled.kill()
+        other.kill()
+        stalled.wait()
+        other.wait()
+    assert me.live_reason(trainer) is None  # gone
