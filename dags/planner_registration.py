@@ -103,6 +103,7 @@ def planner_registration():
         from include.registration.artifacts import (
             ModelPathError,
             artifact_problems,
+            feature_code_problems,
             load_problems,
             resolve_model_uri,
         )
@@ -118,7 +119,9 @@ def planner_registration():
             with tempfile.TemporaryDirectory(prefix="planner-verify-") as scratch:
                 problems = load_problems(storage.download_dir(uri, Path(scratch) / "model"))
         manifest = json.loads(storage.read_text(uri, names.MODEL_MANIFEST_FILE)) if not problems else {}
-        if manifest.get("dataset_digest"):  # the rows it learned from must still be the ones it names
+        if not problems:
+            problems = feature_code_problems(manifest)
+        if not problems and manifest.get("dataset_digest"):  # the rows it learned from must still be the ones
             problems = storage.verify_revision(manifest["dataset_revision_uri"], manifest["dataset_digest"])
         if problems:
             raise AirflowFailException(f"{uri} cannot be registered:\n- " + "\n- ".join(problems))

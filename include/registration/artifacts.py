@@ -147,6 +147,26 @@ def _unpublished(uri: str) -> str:
             f"{names.SUCCESS_MARKER} (an incomplete or removed attempt)")
 
 
+def feature_code_problems(manifest: dict) -> list[str]:
+    """A model trained on other row texts than the feature code registration would package with it (a
+    training image or wheel older or newer than this deployment) would score wrongly without an error.
+    A manifest without the digest comes from a trainer older than the feature code registered now (the
+    digest came with it), so it is refused too: retrain it."""
+    from include.core import features
+
+    trained = manifest.get("feature_code_sha256")
+    here = file_sha256(Path(features.__file__))
+    if not trained:
+        return ["its manifest does not say which feature code it was trained with (a trainer older than this "
+                "deployment's feature code, include/core/features.py sha256 " + here[:12] + "...): registering it "
+                "would score it with texts it never learned from; retrain it with this deployment's trainer"]
+    if trained != here:
+        return [f"it was trained with other feature code (include/core/features.py sha256 {trained[:12]}...) than "
+                f"this deployment would register it with ({here[:12]}...): the training image or wheel and the "
+                "Airflow deployment must run the same planner code; rebuild the one that is behind and retrain"]
+    return []
+
+
 def artifact_problems(directory: Path | str) -> list[str]:
     """Everything wrong with a model directory or published model URI (empty list: complete and intact)."""
     problems = []

@@ -226,6 +226,29 @@ def test_a_model_whose_dataset_revision_changed_since_training_is_refused(
 
 
 @pytest.mark.e2e
+def test_a_model_trained_on_other_feature_code_is_refused(registration_dag, fresh_mlflow, model_in_storage, capfd):
+    """A training image or wheel behind (or ahead of) the deployment turned rows into other texts than the
+    feature code registration packages: registering it would score wrongly without an error."""
+    from include.core import features
+    from include.core.hashing import file_sha256
+
+    manifest_path = model_in_storage / names.MODEL_MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["feature_code_sha256"] == file_sha256(Path(features.__file__))  # the trainer records its own
+    for changed, reason in (({**manifest, "feature_code_sha256": "0" * 64}, "other feature code"),
+                            ({k: v for k, v in manifest.items() if k != "feature_code_sha256"},
+                             "does not say which feature code")):
+        manifest_path.write_text(json.dumps(changed))
+
+        run = registration_dag.test(run_conf={"model_path": model_in_storage.name})
+
+        states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+        assert run.state == "failed" and states["verify_artifacts"] == "failed", states
+        assert reason in run_output(capfd)
+        assert _registered_versions() == []
+
+
+@pytest.mark.e2e
 def test_two_queued_model_events_register_the_newest_and_record_the_other(
         registration_dag, fresh_mlflow, model_in_storage, queue_asset_events, capfd):
     from tests.conftest import copy_as_new_training_run
