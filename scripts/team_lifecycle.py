@@ -627,6 +627,10 @@ def main(argv: list[str] | None = None) -> int:
                 report["weeks"][version] = {"model_version": done[version], "locations": where, "placement": placed,
                                             "logs": logs, "live_logs": live.seen, "swept": swept}
         if len(weeks) > 1:
+            def save_with_bucket(saved: dict) -> None:
+                topology.s3.save()  # the look's MLflow artifacts on disk before the state says it happened
+                topology.save_state(saved)
+
             def online_eval(as_of: str) -> None:
                 if topology.services is None:
                     topology.start_airflow()
@@ -636,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                 topology.sweep_scratch()
 
             with _environment(topology.client_env()):
-                canary = canary_week(events_dsn, args.seed, state, online_eval, save=topology.save_state)
+                canary = canary_week(events_dsn, args.seed, state, online_eval, save=save_with_bucket)
             report["canary"] = canary
             if canary is None:
                 print("    no canary: week 2's promotion started none (its outcome is above)")
