@@ -49,8 +49,11 @@ def _wait_gone(pids, timeout: float = 60) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGKILL])
 def test_a_service_does_not_outlive_its_command(sig, tmp_path):
+    # As from a terminal: a test run started in the background inherits SIGINT ignored (POSIX), and so would
+    # the command, which then rightly goes on running.
     command = subprocess.Popen([sys.executable, "-c", COMMAND, str(tmp_path / "service.log")], cwd=PROJECT_ROOT,
-                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     service_pid = int(command.stdout.readline())
     assert not _gone(service_pid)
     command.send_signal(sig)
