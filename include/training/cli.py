@@ -523,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     except LeaseHeld as exc:
         print(f"planner-train: busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
+    finally:
+        _end_process_group()
     if result is None:
         return 0  # not the main process: it published nothing
     if result.get("published_meanwhile"):
@@ -533,6 +535,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {args.training_run_id}: val_auc {metrics['val_auc']:.4f} at epoch {chosen['best_epoch']} "
           f"({chosen['reason']}; baseline {metrics['baseline_val_auc']:.4f}); published {result['model_uri']}")
     return 0
+
+
+def _end_process_group() -> None:
+    """Tear down the process group (several processes) before the interpreter exits: left alive, its
+    threads can abort the process at exit (SIGABRT), and the launcher would report 1 for an exit 2 or 3."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as exc:  # noqa: BLE001 - the exit code is decided; this is tidying up
+        log.warning("could not destroy the process group: %s", exc)
 
 
 def _exit_on_sigterm() -> None:
