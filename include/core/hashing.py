@@ -31,3 +31,11 @@ def content_digest(uri: str, name: str) -> str:
     if storage.is_local(uri):
         return file_sha256(Path(path) / name)
     return stream_sha256(fs, f"{path.rstrip('/')}/{name}")
+
+
+def feature_code_sha256() -> str:
+    """The sha256 of include/core/features.py as this process imports it: the trainer records it in the
+    manifest, and registration refuses a model whose texts came from other feature code."""
+    from include.core import features
+
+    return file_sha256(Path(features.__file__))

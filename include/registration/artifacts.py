@@ -152,10 +152,10 @@ def feature_code_problems(manifest: dict) -> list[str]:
     training image or wheel older or newer than this deployment) would score wrongly without an error.
     A manifest without the digest comes from a trainer older than the feature code registered now (the
     digest came with it), so it is refused too: retrain it."""
-    from include.core import features
+    from include.core.hashing import feature_code_sha256
 
     trained = manifest.get("feature_code_sha256")
-    here = file_sha256(Path(features.__file__))
+    here = feature_code_sha256()
     if not trained:
         return ["its manifest does not say which feature code it was trained with (a trainer older than this "
                 "deployment's feature code, include/core/features.py sha256 " + here[:12] + "...): registering it "

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from include.core import names, storage
+from include.core import hashing, names, storage
 from include.core.features import recipe_index
 from include.training.examples import (
     REQUIRED_COLUMNS,
@@ -147,15 +147,6 @@ def load_dataset(uri: str, holdout_days: int, max_rows: int):
     revision = {"dataset_revision": content["revision"], "dataset_revision_uri": content["uri"],
                 "dataset_digest": content["digest"]}
     return table, recipes, cutoff, version, revision
-
-
-def feature_code_sha256() -> str:
-    """The sha256 of the feature code this trainer turned rows into texts with: registration packages its own
-    copy of include/core/features.py with the version, and refuses a model trained on other texts."""
-    from include.core import features
-    from include.core.hashing import file_sha256
-
-    return file_sha256(Path(features.__file__))
 
 
 def write_manifest(directory: Path, content: dict) -> dict:
@@ -441,7 +432,7 @@ def train(args: argparse.Namespace) -> dict | None:
                 "final_metrics": final, "epoch_metrics": progress.history, "selection": chosen,
                 "world_size": accelerator.num_processes, "resumed_from": progress.resumed_from,
                 "optimizer_steps": progress.optimizer_steps, "scheduler_steps": trainer.scheduler_steps,
-                "torch_version": torch.__version__, "feature_code_sha256": feature_code_sha256(), **airflow})
+                "torch_version": torch.__version__, "feature_code_sha256": hashing.feature_code_sha256(), **airflow})
             mlflow.log_dict(manifest, names.MODEL_MANIFEST_FILE)
             storage.publish_dir(staging, final_uri)
         except BaseException:
