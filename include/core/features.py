@@ -8,9 +8,14 @@ The context is only what the row's `input` holds (the state as of the plan time)
 learned here can come from after the plan. Derived tokens (pantry overlap, prep time and
 cost against the constraints, preference matches, excluded ingredients) are computed from
 that same context, as the serving side can. Each of the household's restrictions is paired with
-each of the recipe's ingredients (`conflicts`, one word piece per pair): which pairs clash is
-learned from the data, not written down here. Measured on make lifecycle's data, the pairs and the
-finer buckets took the validation AUC from 0.805 to 0.82-0.83 (README, "Measured figures").
+each of the recipe's ingredients (one word piece per pair, `dairyfreexcheese`): which pairs clash
+is learned from the data, not written down here.
+
+Every value is one word piece that names its field (`pantryonion`, `excludedonion`,
+`ingredientonion`): the model has no segment embeddings, and with `pantry onion` it had to tell
+an onion in the pantry from one in the recipe by its position, which moves with the length of
+each list. Measured on make lifecycle's data, field-named pieces took the replay ROC AUC from
+0.819 to 0.862 (93% to 98% of the oracle's) with sequences a third shorter (README, "Measured figures").
 """
 from __future__ import annotations
 
@@ -25,29 +30,30 @@ UNKNOWN_RECIPE = {"recipe_id": "unknown", "cuisine": "unknown", "prep_time": 0, 
                   "ingredients": [], "tags": []}
 
 
-def _words(values) -> str:
-    return " ".join(str(v).replace(" ", "_") for v in values)
-
-
 def _bucket(value: float, edges: list[float]) -> int:
     return sum(value > edge for edge in edges)
+
+
+def _piece(value) -> str:
+    """One word piece: the tokenizer splits on punctuation, so a token keeps letters and digits only."""
+    return "".join(ch for ch in str(value).lower() if ch.isalnum())
+
+
+def _field(name: str, values) -> list[str]:
+    """`name` + each value as one word piece (`pantryonion`), or `<name>none` when there is none."""
+    return [f"{name}{_piece(value)}" for value in values] or [f"{name}none"]
 
 
 def context_text(context: dict) -> str:
     household, constraints = context["household"], context["constraints"]
     pantry = sorted(item["name"] for item in context["pantry"]["items"])
-    return (f"workflow {context.get('workflow_type')} mode {context.get('mode')} "
-            f"size {household.get('size')} prefers {_words(household.get('preferences') or [])} "
-            f"restrictions {_words(household.get('restrictions') or []) or 'none'} "
-            f"budget {_bucket(float(constraints.get('budget') or 0), [50, 100, 150, 200, 300])} "
-            f"maxprep {constraints.get('max_prep_time')} "
-            f"excluded {_words(constraints.get('excluded_ingredients') or []) or 'none'} "
-            f"pantry {_words(pantry)}")
-
-
-def _piece(value) -> str:
-    """One word piece: the tokenizer splits on punctuation, so a pair keeps letters and digits only."""
-    return "".join(ch for ch in str(value).lower() if ch.isalnum())
+    return " ".join([
+        *_field("workflow", [context.get("workflow_type")]), *_field("mode", [context.get("mode")]),
+        *_field("size", [household.get("size")]), *_field("prefers", household.get("preferences") or []),
+        *_field("restriction", household.get("restrictions") or []),
+        f"budget{_bucket(float(constraints.get('budget') or 0), [50, 100, 150, 200, 300])}",
+        *_field("maxprep", [constraints.get("max_prep_time")]),
+        *_field("excluded", constraints.get("excluded_ingredients") or []), *_field("pantry", pantry)])
 
 
 def meal_text(recipe: dict, context: dict) -> str:
@@ -61,13 +67,13 @@ def meal_text(recipe: dict, context: dict) -> str:
     prep_over = (recipe["prep_time"] or 0) - (constraints.get("max_prep_time") or 0)
     excluded_hits = ingredients & set(constraints.get("excluded_ingredients") or [])
     pairs = [f"{_piece(r)}x{_piece(i)}" for r in sorted(household.get("restrictions") or []) for i in sorted(ingredients)]
-    return (f"cuisine {recipe['cuisine']} tags {_words(sorted(tags))} ingredients {_words(sorted(ingredients))} "
-            f"overlap {round(10 * len(ingredients & pantry) / max(len(ingredients), 1))} "
-            f"prepover {_bucket(prep_over, [0, 5, 10, 15, 20, 30, 45, 60])} "
-            f"costratio {_bucket(cost_ratio, [0.8, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5, 3.0])} "
-            f"prefmatch {len(tags & set(household.get('preferences') or []))} "
-            f"excludedhit {'yes' if excluded_hits else 'no'} "
-            f"conflicts {' '.join(pairs) or 'none'}")
+    return " ".join([
+        *_field("cuisine", [recipe["cuisine"]]), *_field("tag", sorted(tags)), *_field("ingredient", sorted(ingredients)),
+        f"overlap{round(10 * len(ingredients & pantry) / max(len(ingredients), 1))}",
+        f"prepover{_bucket(prep_over, [0, 5, 10, 15, 20, 30, 45, 60])}",
+        f"costratio{_bucket(cost_ratio, [0.8, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5, 3.0])}",
+        f"prefmatch{len(tags & set(household.get('preferences') or []))}",
+        f"excludedhit{'yes' if excluded_hits else 'no'}", *(pairs or ["conflictsnone"])])
 
 
 def recipe_index(recipe_rows: list[dict]) -> dict[str, dict]:
