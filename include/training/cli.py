@@ -272,11 +272,12 @@ def training_fingerprint(args: argparse.Namespace, hyper: dict, revision: dict, 
     checkpoints a bf16 GPU wrote. That is safe: bf16 here is autocast only (Accelerate keeps the
     weights fp32 and has no GradScaler for bf16; fp16, which has one, is not offered), so the weights
     and the AdamW moments in a checkpoint are fp32 whichever precision wrote them. The device is left
-    out for the same reason.
+    out for the same reason. The feature code is in: weights learned on other texts (another
+    tokenizer's ids) must not be resumed after a deployment changes `include/core/features.py`.
     """
     fingerprint = {**hyper, "mixed_precision": args.mixed_precision, "training_run_id": args.training_run_id,
                    "dataset_digest": revision["dataset_digest"], "dataset_revision": revision["dataset_revision"],
-                   "train_examples": train_examples}
+                   "train_examples": train_examples, "feature_code_sha256": hashing.feature_code_sha256()}
     fingerprint.pop("device")
     return fingerprint
 

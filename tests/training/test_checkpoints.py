@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from include.core import names
+from include.core import hashing, names
 from include.training import cli
 from include.training.checkpoints import COMPLETE_MARKER, CheckpointStore, default_checkpoint_root
 
@@ -179,7 +179,7 @@ def test_a_relative_checkpoint_root_round_trips(tmp_path, monkeypatch):
 
 
 def test_checkpoints_from_other_settings_are_refused_with_the_reason(published_dataset, tmp_path, fresh_mlflow,
-                                                                      capsys):
+                                                                      capsys, monkeypatch):
     import shutil
 
     out = tmp_path / "models" / names.REGISTERED_MODEL_NAME
@@ -190,6 +190,12 @@ def test_checkpoints_from_other_settings_are_refused_with_the_reason(published_d
 
     assert cli.main(_argv(published_dataset, str(out), run_id, *small, "--learning-rate", "0.01")) == 2
     assert "written by a training with other settings" in capsys.readouterr().err
+    assert not (out / run_id).exists()
+
+    # the same settings after a deployment changed the feature texts: the weights learned other token ids
+    monkeypatch.setattr(hashing, "feature_code_sha256", lambda: "0" * 64)
+    assert cli.main(_argv(published_dataset, str(out), run_id, *small)) == 2
+    assert "feature_code_sha256" in capsys.readouterr().err
     assert not (out / run_id).exists()
 
 
