@@ -71,3 +71,32 @@ def all_pages(fetch) -> list:
         token = getattr(page, "token", None)
         if not token:
             return found
+
+
+class ProjectCodeModel(ValueError):
+    """A registered version whose model class is this deployment's own code, not a copy of its own."""
+
+
+def refuse_project_code(model, uri: str):
+    """`model` (a loaded pyfunc) unless its Python model is a class of this project's `include`
+    package. A version registered before versions carried their own code (no `planner_serving_*`
+    package) unpickles to the project's `include.registration.pyfunc_model`, so it would read today's
+    `include/core/features.py`, whatever texts it was trained on, and score without an error but wrongly."""
+    try:
+        module = type(model.unwrap_python_model()).__module__
+    except Exception:  # noqa: BLE001 - not a PythonModel flavor: nothing of ours to check
+        return model
+    if module == "include" or module.startswith("include."):
+        raise ProjectCodeModel(
+            f"{uri} was registered before model versions carried their own feature code (its class is "
+            f"{module}, this deployment's): it would score with today's include/core/features.py, not the "
+            "texts it was trained on. Retrain it and register the new model instead")
+    return model
+
+
+def load_registered_model(uri: str, dst_path: str | None = None):
+    """A registered version's pyfunc model, refused when it would score with this deployment's code."""
+    import mlflow.pyfunc
+
+    configure_mlflow()  # a task is a fresh process: models:/ URIs resolve against the configured registry
+    return refuse_project_code(mlflow.pyfunc.load_model(uri, dst_path=dst_path), uri)

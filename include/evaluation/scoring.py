@@ -53,14 +53,14 @@ def resolve_version(client, reference: str | int | None) -> ModelRef | None:
 
 def load_model(ref: ModelRef, dst_path: str | None = None):
     """The version's pyfunc model; `dst_path`: where its artifacts are downloaded (the caller's scratch,
-    removed after scoring; by default MLflow keeps them in a temporary directory of its own for good)."""
-    import mlflow.pyfunc
+    removed after scoring; by default MLflow keeps them in a temporary directory of its own for good).
+    A version that would score with this deployment's feature code instead of its own is refused."""
+    from include.core.tracking import ProjectCodeModel, load_registered_model
 
-    from include.core.tracking import configure_mlflow
-
-    configure_mlflow()  # a task is a fresh process: models:/ URIs resolve against the configured registry
     try:
-        return mlflow.pyfunc.load_model(ref.uri, dst_path=dst_path)
+        return load_registered_model(ref.uri, dst_path=dst_path)
+    except ProjectCodeModel as exc:
+        raise EvaluationError(f"version {ref.version}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any failure to load is the same outcome for the user
         raise EvaluationError(f"version {ref.version} ({ref.uri}) will not load: {type(exc).__name__}: {exc}") from exc
 

@@ -98,12 +98,10 @@ class Ranker:
     def model(self, uri: str):
         if uri not in self._models:
             if self._load is None:
-                import mlflow.pyfunc
+                from include.core.tracking import load_registered_model
 
-                from include.core.tracking import configure_mlflow
-
-                configure_mlflow()
-                self._models[uri] = mlflow.pyfunc.load_model(uri)
+                # refused (ProjectCodeModel) when the version would read this deployment's feature code
+                self._models[uri] = load_registered_model(uri)
             else:
                 self._models[uri] = self._load(uri)
         return self._models[uri]

@@ -264,7 +264,8 @@ def log_missing_epochs(run_id: str, history: list[dict]) -> None:
             log.info("epoch %d: %s", epoch, metrics)
 
 
-def training_fingerprint(args: argparse.Namespace, hyper: dict, revision: dict, train_examples: int) -> dict:
+def training_fingerprint(args: argparse.Namespace, hyper: dict, revision: dict, train_examples: int,
+                         tokenizer_sha256: str = "") -> dict:
     """What a checkpoint must match to be resumed: the settings, the dataset and the run id.
 
     The precision is the one asked for (`auto`, `bf16`, `fp32`), not what it resolved to on this
@@ -272,12 +273,14 @@ def training_fingerprint(args: argparse.Namespace, hyper: dict, revision: dict, 
     checkpoints a bf16 GPU wrote. That is safe: bf16 here is autocast only (Accelerate keeps the
     weights fp32 and has no GradScaler for bf16; fp16, which has one, is not offered), so the weights
     and the AdamW moments in a checkpoint are fp32 whichever precision wrote them. The device is left
-    out for the same reason. The feature code is in: weights learned on other texts (another
-    tokenizer's ids) must not be resumed after a deployment changes `include/core/features.py`.
+    out for the same reason. The feature code and the tokenizer are in: weights learned on other
+    texts or other token ids must not be resumed after a deployment changes `include/core/features.py`
+    or the tokenizer.
     """
     fingerprint = {**hyper, "mixed_precision": args.mixed_precision, "training_run_id": args.training_run_id,
                    "dataset_digest": revision["dataset_digest"], "dataset_revision": revision["dataset_revision"],
-                   "train_examples": train_examples, "feature_code_sha256": hashing.feature_code_sha256()}
+                   "train_examples": train_examples, "feature_code_sha256": hashing.feature_code_sha256(),
+                   "tokenizer_sha256": tokenizer_sha256}
     fingerprint.pop("device")
     return fingerprint
 
@@ -357,10 +360,10 @@ def train(args: argparse.Namespace) -> dict | None:
             scratch.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
         modeling.seed_everything(args.seed)
-        tokenizer = None
+        tokenizer, vocabulary = None, {}
         if args.base_model == modeling.TINY:
-            tokenizer = modeling.train_tokenizer(text for chunk in train_set.text_chunks() for texts in chunk
-                                                 for text in texts)
+            tokenizer = modeling.train_tokenizer((text for chunk in train_set.text_chunks() for texts in chunk
+                                                  for text in texts), report=vocabulary)
         lora = {"r": args.lora_r, "alpha": args.lora_alpha} if args.lora else None
         model, tokenizer = modeling.build_model(args.base_model, tokenizer, lora)
         if args.gradient_checkpointing:
@@ -378,12 +381,12 @@ def train(args: argparse.Namespace) -> dict | None:
                                 gradient_accumulation_steps=args.gradient_accumulation_steps,
                                 checkpoint_steps=args.checkpoint_steps,
                                 early_stopping_patience=args.early_stopping_patience)
-        fingerprint = training_fingerprint(args, hyper, revision, train_examples)
+        fingerprint = training_fingerprint(args, hyper, revision, train_examples, modeling.tokenizer_sha256(tokenizer))
         from accelerate.utils import gather_object
 
         if len({json.dumps(f, sort_keys=True) for f in gather_object([fingerprint])}) > 1:
-            raise RuntimeError("the training processes read different data or settings (the dataset was "
-                               "republished while they started?): not training")
+            raise RuntimeError("the training processes read different data, settings or code (the dataset was "
+                               "republished while they started, or the image differs between nodes?): not training")
         trainer = Trainer(accelerator, model, encoded_train, encoded_val, settings, store, scratch, fingerprint,
                           started_at=getattr(args, "started_at", None), lease=lease)
         trainer.check_resumable()
@@ -396,7 +399,8 @@ def train(args: argparse.Namespace) -> dict | None:
             if not mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs:  # once per run
                 mlflow.log_input(_dataset_reference(args.dataset_uri, version, revision["dataset_digest"]),
                                  context="training")
-                mlflow.log_metrics({**baseline, "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
+                mlflow.log_metrics({**baseline, **vocabulary,
+                                    "tokenization_seconds": encoded_train.seconds + encoded_val.seconds})
             mlflow.log_params({**{k: v for k, v in hyper.items() if k != "device"},
                                "mixed_precision": args.mixed_precision, "dataset_version": version,
                                "training_cutoff": cutoff.isoformat(), "train_examples": train_examples,

@@ -7,6 +7,7 @@ plain transformers model).
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -28,13 +29,19 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 3000):
+VOCAB_SIZE = 30000  # far above the words of the demo (about 580): a word left out is spelled letter by letter
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE, report: dict | None = None):
     """A WordPiece tokenizer whose vocabulary is learned from our own examples, deterministically.
 
     The vocabulary is the special tokens, every character seen (alone and as a `##`
     continuation, so unseen words still split into known pieces), then the most frequent
     words (ties by spelling). The `tokenizers` WordPiece trainer was not used because its
-    vocabulary varied between identical runs, which broke seed determinism.
+    vocabulary varied between identical runs, which broke seed determinism. Every value of the
+    texts is one word that names its field (`include.core.features`), so a word that does not fit
+    loses its meaning: `report` (when given) receives `tokenizer_words` and
+    `tokenizer_words_dropped`, and a dropped word is a warning.
     """
     from collections import Counter
 
@@ -50,7 +57,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 3000):
     pieces = [*SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars)]
     known = set(pieces)
     words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in known]
-    vocab = {token: index for index, token in enumerate(pieces + words[:max(0, vocab_size - len(pieces))])}
+    kept = words[:max(0, vocab_size - len(pieces))]
+    if len(kept) < len(words):
+        logging.getLogger("planner.train").warning(
+            "the tokenizer's vocabulary (%d) holds %d of the %d distinct words: the %d rarest (e.g. %s) are spelled "
+            "letter by letter; raise vocab_size", vocab_size, len(kept), len(words), len(words) - len(kept),
+            ", ".join(words[-3:]))
+    if report is not None:
+        report.update(tokenizer_words=len(kept), tokenizer_words_dropped=len(words) - len(kept))
+    vocab = {token: index for index, token in enumerate(pieces + kept)}
 
     tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizer
@@ -61,6 +76,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 3000):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                                    model_max_length=MAX_LENGTH)
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """The tokenizer's whole definition (vocabulary, normalizer, templates) as a digest: a checkpoint's
+    weights belong to these token ids."""
+    import hashlib
+    import json as json_module
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json_module.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def build_model(base_model: str, tokenizer, lora: dict | None = None):

@@ -97,3 +97,31 @@ def test_changed_features_in_the_repository_do_not_rescore_an_old_version(regist
     assert out["include"] == [str(features)]
     assert out["today"] != pytest.approx(registered["scores"], abs=1e-6)  # the change does move scores
     assert out["scores"] == pytest.approx(registered["scores"], abs=1e-6)  # but not the registered version's
+
+
+def test_a_version_whose_class_is_the_projects_own_code_is_refused_not_rescored(registered, tmp_path):
+    """Given a version logged as versions were before they carried their own code (its Python model
+    pickled by reference to this project's include.registration.pyfunc_model), when evaluation or the
+    serving consumer loads it, then it is refused with the reason: it would read today's features.py."""
+    import mlflow
+
+    from include.core.tracking import ProjectCodeModel, load_registered_model
+    from include.evaluation.replay import EvaluationError
+    from include.evaluation.scoring import ModelRef, load_model
+    from include.registration.pyfunc_model import PlannerAcceptanceModel
+    from include.serving.consumer import Ranker
+
+    assert load_registered_model(URI)  # a version registered today carries its own package: loads
+
+    mlflow.set_experiment("old-style-versions")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=PlannerAcceptanceModel(),
+                                       artifacts={"model": str(registered["model_dir"])})
+    old = mlflow.pyfunc.load_model(info.model_uri)
+    assert type(old.unwrap_python_model()).__module__ == "include.registration.pyfunc_model"  # scores with ours
+    with pytest.raises(ProjectCodeModel, match="before model versions carried their own feature code"):
+        load_registered_model(info.model_uri)
+    with pytest.raises(EvaluationError, match="version 9: .*Retrain it"):
+        load_model(ModelRef("9", info.model_uri, {}, ()))
+    with pytest.raises(ProjectCodeModel):
+        Ranker().model(info.model_uri)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from include.core import hashing, names
-from include.training import cli
+from include.training import cli, modeling
 from include.training.checkpoints import COMPLETE_MARKER, CheckpointStore, default_checkpoint_root
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -186,17 +186,22 @@ def test_checkpoints_from_other_settings_are_refused_with_the_reason(published_d
     run_id = "planner_acceptance-v20261123_000230"
     small = ["--epochs", "1", "--max-rows", "200", "--batch-size", "32"]
     assert cli.main(_argv(published_dataset, str(out), run_id, *small, "--keep-checkpoints")) == 0
+    metrics = _client().get_run(_manifest(out / run_id)["mlflow_run_id"]).data.metrics
+    assert metrics["tokenizer_words_dropped"] == 0 and metrics["tokenizer_words"] > 100
     shutil.rmtree(out / run_id)  # the model is gone but its checkpoints stay: a rerun would resume them
 
     assert cli.main(_argv(published_dataset, str(out), run_id, *small, "--learning-rate", "0.01")) == 2
     assert "written by a training with other settings" in capsys.readouterr().err
     assert not (out / run_id).exists()
 
-    # the same settings after a deployment changed the feature texts: the weights learned other token ids
-    monkeypatch.setattr(hashing, "feature_code_sha256", lambda: "0" * 64)
-    assert cli.main(_argv(published_dataset, str(out), run_id, *small)) == 2
-    assert "feature_code_sha256" in capsys.readouterr().err
-    assert not (out / run_id).exists()
+    # the same settings after a deployment changed the feature texts, or the tokenizer: the weights
+    # learned other token ids
+    for module, name in ((hashing, "feature_code_sha256"), (modeling, "tokenizer_sha256")):
+        with monkeypatch.context() as patched:
+            patched.setattr(module, name, lambda *_: "0" * 64)
+            assert cli.main(_argv(published_dataset, str(out), run_id, *small)) == 2
+            assert name in capsys.readouterr().err
+            assert not (out / run_id).exists()
 
 
 def test_checkpoints_on_object_storage(published_dataset, s3_root, fresh_mlflow):

@@ -70,6 +70,20 @@ def test_every_value_is_a_token_that_names_its_field():
     assert not [token for token in tokens if token.startswith("##")]  # each word one piece, none split
 
 
+def test_a_vocabulary_too_small_for_the_words_says_how_many_it_dropped(caplog):
+    from include.training.modeling import train_tokenizer
+
+    texts = [context_text(CONTEXT), meal_text(RECIPES["r1"], CONTEXT), meal_text(RECIPES["r2"], CONTEXT)]
+    report = {}
+    train_tokenizer(texts, report=report)
+    assert report["tokenizer_words_dropped"] == 0 and report["tokenizer_words"] > 20
+    words = report["tokenizer_words"]
+    tokenizer = train_tokenizer(texts, vocab_size=len(train_tokenizer(texts)) - 3, report=report)
+    assert report == {"tokenizer_words": words - 3, "tokenizer_words_dropped": 3}
+    assert "the 3 rarest" in caplog.text and len(tokenizer.tokenize(texts[0] + " " + texts[1])) > len(
+        (texts[0] + " " + texts[1]).split())  # the dropped words are spelled in pieces
+
+
 def test_an_unknown_recipe_is_a_dataset_error():
     row = _row([])
     row["input"] = json.dumps({**CONTEXT, "proposed_plan": {"meals": [{"day": "monday", "recipe_id": "r9"}]}})
