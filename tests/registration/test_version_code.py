@@ -113,8 +113,9 @@ def test_a_version_whose_class_is_the_projects_own_code_is_refused_not_rescored(
 
     assert load_registered_model(URI)  # a version registered today carries its own package: loads
 
-    mlflow.set_experiment("old-style-versions")
-    with mlflow.start_run():
+    # no set_experiment: it would stay the process's active experiment for the tests after this one
+    experiment_id = mlflow.MlflowClient().create_experiment("old-style-versions")
+    with mlflow.start_run(experiment_id=experiment_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=PlannerAcceptanceModel(),
                                        artifacts={"model": str(registered["model_dir"])})
     old = mlflow.pyfunc.load_model(info.model_uri)
